@@ -1,0 +1,1 @@
+"""The event contract and the Redis event bus. Knows nothing of Celery or HTTP."""

@@ -1,0 +1,328 @@
+"""Publish events: one Redis round trip per batch assigns each event its sequence id, appends it
+to the execution's history stream, publishes it on the execution's channel and on the
+all-executions channel, and updates the execution's record.
+
+`Publisher.publish()` never blocks and never raises: events wait in a bounded buffer that a
+background thread drains in order, retrying while Redis is unreachable. Past the buffer's bound,
+output chunks are dropped and counted, and the next chunk of that execution carries
+`droppedBytes`; control events (started, step, cancelled, complete) are always kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import redis
+
+from events.keys import Keys
+from events.models import ExecutionOutputPayload, WireModel, encode_parts, event_name
+from events.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Redis executes the script atomically, so ids are contiguous whatever host publishes.
+# Returns the event's id, or: -1 execution already complete (dropped), -2 output past the cap
+# (dropped), -3 a retried batch that already went through (dropped as duplicate).
+PUBLISH_LUA = """
+if redis.call('HEXISTS', KEYS[3], 'completeId') == 1 then return -1 end
+local n = tonumber(ARGV[13])
+if n > 0 then
+  local last = tonumber(redis.call('HGET', KEYS[3], ARGV[12]) or '0')
+  if n <= last then return -3 end
+  redis.call('HSET', KEYS[3], ARGV[12], n)
+end
+local head, tail = ARGV[1], ARGV[2]
+local nbytes = tonumber(ARGV[8])
+if nbytes > 0 then
+  local used = redis.call('HINCRBY', KEYS[3], 'outputBytes', nbytes)
+  if used > tonumber(ARGV[9]) then
+    if redis.call('HSETNX', KEYS[3], 'outputTruncated', '1') == 0 then return -2 end
+    head, tail = ARGV[3], ARGV[4]
+  end
+end
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local floor = tonumber(ARGV[11])
+if cur < floor then redis.call('SET', KEYS[1], floor) end
+local seq = redis.call('INCR', KEYS[1])
+local env = head .. seq .. tail
+redis.call('XADD', KEYS[2], seq .. '-0', 'e', env)
+redis.call('PUBLISH', ARGV[5], env)
+redis.call('PUBLISH', ARGV[6], env)
+if #ARGV > 13 then redis.call('HSET', KEYS[3], unpack(ARGV, 14)) end
+if ARGV[10] == '1' then redis.call('HSET', KEYS[3], 'completeId', seq) end
+local ttl = tonumber(ARGV[7])
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+redis.call('EXPIRE', KEYS[3], ttl)
+redis.call('INCR', KEYS[4])
+return seq
+"""
+
+DROPPED_COMPLETE = -1
+DROPPED_TRUNCATED = -2
+DROPPED_DUPLICATE = -3
+
+# One pipeline carries at most this much, so a slow Redis sees bounded requests.
+_MAX_BATCH_BYTES = 4 * 1024 * 1024
+_MAX_BATCH_EVENTS = 512
+
+
+@dataclass
+class _Item:
+    execution_id: str
+    event: str
+    head: str
+    tail: str
+    trunc_head: str
+    trunc_tail: str
+    out_bytes: int
+    complete: bool
+    record: list[str]
+    local_n: int
+    done: threading.Event | None = None
+    result: list[int] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return len(self.head) + len(self.tail)
+
+
+def make_redis(url: str, **kwargs: object) -> redis.Redis:
+    """A client for our keys. No socket timeout on reads would hang forever on a dead peer;
+    5 s is redis-py 8's default and shorter than any blocking read we issue."""
+    opts: dict[str, object] = {
+        "socket_connect_timeout": 2.0,
+        "socket_timeout": 5.0,
+        "health_check_interval": 10,
+    }
+    opts.update(kwargs)
+    return redis.Redis.from_url(url, **opts)
+
+
+class Publisher:
+    """Publishes events of any number of executions, in the order `publish()` was called."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        settings: Settings,
+        *,
+        on_result: Callable[[str, str, int], None] | None = None,
+    ) -> None:
+        self._redis = client
+        self._keys = keys
+        self._settings = settings
+        self._script = client.register_script(PUBLISH_LUA)
+        self._pub_field = "pub:" + uuid.uuid4().hex[:16]
+        self._on_result = on_result
+        self._cond = threading.Condition()
+        self._queue: deque[_Item] = deque()
+        self._queued_bytes = 0
+        self._inflight = 0
+        self._local_n = 0
+        self._last_seq: dict[str, int] = {}
+        self._truncated: set[str] = set()
+        self._completed: set[str] = set()
+        self._dropped: dict[str, int] = {}
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self.connected = True
+
+    # -- producer side -------------------------------------------------------------------
+    def publish(
+        self,
+        payload: WireModel,
+        *,
+        record: Mapping[str, str | int] | None = None,
+        wait: bool = False,
+    ) -> int | None:
+        """Queue one event. With wait=True, block until Redis took it and return its id."""
+        execution_id: str = payload.execution_id  # type: ignore[attr-defined]
+        name = event_name(payload)
+        is_output = isinstance(payload, ExecutionOutputPayload)
+        with self._cond:
+            if isinstance(payload, ExecutionOutputPayload):
+                if execution_id in self._truncated or execution_id in self._completed:
+                    return None
+                if self._would_overflow(len(payload.output)):
+                    self._dropped[execution_id] = self._dropped.get(execution_id, 0) + len(
+                        payload.output.encode()
+                    )
+                    return None
+            if is_output and execution_id in self._dropped:
+                payload = payload.model_copy(
+                    update={"dropped_bytes": self._dropped.pop(execution_id)}
+                )
+        head, tail = encode_parts(name, execution_id, payload)
+        trunc_head, trunc_tail = "", ""
+        if is_output:
+            marked = payload.model_copy(update={"truncated": True})
+            trunc_head, trunc_tail = encode_parts(name, execution_id, marked)
+        pairs: list[str] = []
+        for k, v in (record or {}).items():
+            pairs += [k, str(v)]
+        item = _Item(
+            execution_id=execution_id,
+            event=name,
+            head=head,
+            tail=tail,
+            trunc_head=trunc_head,
+            trunc_tail=trunc_tail,
+            out_bytes=len(head) + len(tail) if is_output else 0,
+            complete=name == "execution_complete",
+            record=pairs,
+            local_n=0,
+            done=threading.Event() if wait else None,
+        )
+        with self._cond:
+            self._local_n += 1
+            item.local_n = self._local_n
+            self._queue.append(item)
+            self._queued_bytes += item.size
+            if item.complete:
+                self._completed.add(execution_id)
+            self._ensure_thread()
+            self._cond.notify_all()
+        if item.done is not None:
+            item.done.wait()
+            return item.result[0] if item.result and item.result[0] > 0 else None
+        return None
+
+    def _would_overflow(self, nbytes: int) -> bool:
+        return self._queued_bytes + nbytes > self._settings.publish_buffer_bytes
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until every queued event reached Redis; False if the timeout came first."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._cond:
+            while self._queue or self._inflight:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._queue) + self._inflight
+
+    def forget(self, execution_id: str) -> None:
+        """Drop per-execution bookkeeping once an execution is done in this process."""
+        with self._cond:
+            self._last_seq.pop(execution_id, None)
+            self._truncated.discard(execution_id)
+            self._completed.discard(execution_id)
+            self._dropped.pop(execution_id, None)
+
+    def close(self, timeout_s: float | None = 10.0) -> None:
+        self.flush(timeout_s)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+
+    # -- sender thread ---------------------------------------------------------------------
+    def _ensure_thread(self) -> None:
+        # After a fork (prefork pool) the parent's thread does not exist in the child.
+        if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._thread = threading.Thread(
+                target=self._run, name="cloudops-publisher", daemon=True
+            )
+            self._thread.start()
+
+    def _take_batch(self) -> list[_Item]:
+        batch: list[_Item] = []
+        size = 0
+        while self._queue and len(batch) < _MAX_BATCH_EVENTS and size < _MAX_BATCH_BYTES:
+            item = self._queue.popleft()
+            batch.append(item)
+            size += item.size
+        self._queued_bytes -= size
+        self._inflight = len(batch)
+        return batch
+
+    def _run(self) -> None:
+        backoff_s = 0.05
+        batch: list[_Item] = []
+        while True:
+            with self._cond:
+                if not batch:
+                    while not self._queue and not self._closed:
+                        self._cond.wait()
+                    if not self._queue and self._closed:
+                        return
+                    batch = self._take_batch()
+            try:
+                results = self._send(batch)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+                if self.connected:
+                    log.warning("Redis unreachable, buffering events: %s", e)
+                self.connected = False
+                time.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 1.0)
+                continue
+            except redis.RedisError:
+                # A script error is a bug of ours, not a Redis outage: report it once and drop
+                # the batch so that one bad event cannot wedge every execution of this process.
+                log.exception("publish failed; dropping %d events", len(batch))
+                results = [DROPPED_COMPLETE] * len(batch)
+            if not self.connected:
+                log.warning("Redis reachable again, buffered events sent")
+            self.connected = True
+            backoff_s = 0.05
+            self._finish(batch, results)
+            batch = []
+
+    def _send(self, batch: list[_Item]) -> list[int]:
+        keys = self._keys
+        pipe = self._redis.pipeline(transaction=False)
+        for it in batch:
+            ex = it.execution_id
+            self._script(
+                keys=[keys.seq(ex), keys.history(ex), keys.record(ex), keys.stat("events")],
+                args=[
+                    it.head,
+                    it.tail,
+                    it.trunc_head,
+                    it.trunc_tail,
+                    keys.channel(ex),
+                    keys.channel_all(),
+                    self._settings.history_ttl_s,
+                    it.out_bytes,
+                    self._settings.max_output_bytes,
+                    "1" if it.complete else "0",
+                    self._last_seq.get(ex, 0),
+                    self._pub_field,
+                    it.local_n,
+                    *it.record,
+                ],
+                client=pipe,
+            )
+        return [int(r) for r in pipe.execute()]
+
+    def _finish(self, batch: list[_Item], results: list[int]) -> None:
+        with self._cond:
+            for it, seq in zip(batch, results, strict=True):
+                if seq > 0:
+                    self._last_seq[it.execution_id] = seq
+                elif seq == DROPPED_TRUNCATED:
+                    self._truncated.add(it.execution_id)
+                it.result.append(seq)
+                if it.done is not None:
+                    it.done.set()
+            self._inflight = 0
+            self._cond.notify_all()
+        if self._on_result is not None:
+            for it, seq in zip(batch, results, strict=True):
+                self._on_result(it.execution_id, it.event, seq)

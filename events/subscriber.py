@@ -1,0 +1,175 @@
+"""Read an execution's events: history first, then live, with no gap and no duplicate.
+
+Pub/sub is at-most-once (a dropped or restarted connection loses what was published meanwhile,
+and Redis cuts off a slow subscriber without telling anyone), so it is only the fast path. The
+history stream is the truth: every event carries its sequence id, and whenever an id jumps, the
+connection breaks, or the channel stays quiet for `poll_interval_s`, the follower reads the
+history from its last id. Subscribing happens before the first history read, so an event is
+always either in the history read or on the channel afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+
+from events.keys import Keys
+from events.models import RawEvent
+
+log = logging.getLogger(__name__)
+
+_PAGE = 1000
+
+
+def read_history(
+    client: redis.Redis, keys: Keys, execution_id: str, after: int = 0, count: int | None = None
+) -> list[RawEvent]:
+    """Events with id > after, oldest first (at most `count`)."""
+    entries: Any = client.xrange(
+        keys.history(execution_id), min=f"{after + 1}-0", max="+", count=count
+    )
+    return [_entry_event(entry_id, fields) for entry_id, fields in entries]
+
+
+def _entry_event(entry_id: bytes | str, fields: dict[Any, Any]) -> RawEvent:
+    raw_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    data: str | bytes = fields.get(b"e") or fields["e"]
+    ev = RawEvent.from_json(data)
+    ev.id = int(raw_id.split("-", 1)[0])
+    return ev
+
+
+def iter_history(
+    client: redis.Redis, keys: Keys, execution_id: str, after: int = 0
+) -> Iterator[RawEvent]:
+    while True:
+        page = read_history(client, keys, execution_id, after, count=_PAGE)
+        yield from page
+        if len(page) < _PAGE:
+            return
+        after = page[-1].id
+
+
+class Follower:
+    """Iterate one execution's events after `after`; ends after `execution_complete`.
+
+    `stop()` (from another thread) or `idle_timeout_s` end it early.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        execution_id: str,
+        after: int = 0,
+        *,
+        poll_interval_s: float = 0.5,
+        idle_timeout_s: float | None = None,
+    ) -> None:
+        self._redis = client
+        self._keys = keys
+        self.execution_id = execution_id
+        self.last_id = after
+        self.poll_interval_s = poll_interval_s
+        self.idle_timeout_s = idle_timeout_s
+        self.refills = 0
+        self.reconnects = 0
+        self._stopped = False
+        self._done = False
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def _take(self, ev: RawEvent) -> bool:
+        """Accept an event in order; True if it was new."""
+        if ev.id <= self.last_id:
+            return False
+        self.last_id = ev.id
+        if ev.terminal:
+            self._done = True
+        return True
+
+    def _refill(self) -> Iterator[RawEvent]:
+        # History is the truth: if Redis lost entries (restart without persistence) we take
+        # what it holds after our last id rather than wait for ids that will never come.
+        for ev in iter_history(self._redis, self._keys, self.execution_id, self.last_id):
+            if self._take(ev):
+                yield ev
+                if self._done:
+                    return
+
+    def __iter__(self) -> Iterator[RawEvent]:
+        channel = self._keys.channel(self.execution_id)
+        last_seen = time.monotonic()
+        pubsub: redis.client.PubSub | None = None
+        try:
+            while not self._done and not self._stopped:
+                try:
+                    if pubsub is None:
+                        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                        pubsub.subscribe(channel)
+                        self.refills += 1
+                        yield from self._refill()
+                        continue
+                    msg = pubsub.get_message(timeout=self.poll_interval_s)
+                except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+                    log.info("follower of %s lost Redis (%s); resubscribing", self.execution_id, e)
+                    self.reconnects += 1
+                    if pubsub is not None:
+                        _close_quietly(pubsub)
+                    pubsub = None
+                    time.sleep(0.05)
+                    continue
+                if msg is None or msg.get("type") != "message":
+                    if (
+                        self.idle_timeout_s is not None
+                        and time.monotonic() - last_seen > self.idle_timeout_s
+                    ):
+                        return
+                    # Quiet channel: maybe a message was lost; the history says for sure.
+                    try:
+                        for ev in self._refill():
+                            last_seen = time.monotonic()
+                            yield ev
+                    except (redis.ConnectionError, redis.TimeoutError, OSError):
+                        _close_quietly(pubsub)
+                        pubsub = None
+                    continue
+                last_seen = time.monotonic()
+                ev = RawEvent.from_json(msg["data"])
+                if ev.id > self.last_id + 1:
+                    self.refills += 1
+                    yield from self._refill()
+                if self._take(ev):
+                    yield ev
+        finally:
+            if pubsub is not None:
+                _close_quietly(pubsub)
+
+
+def _close_quietly(pubsub: redis.client.PubSub) -> None:
+    with contextlib.suppress(redis.RedisError, OSError):
+        pubsub.close()
+
+
+def follow_all(
+    client: redis.Redis, keys: Keys, *, poll_interval_s: float = 1.0
+) -> Iterator[RawEvent]:
+    """Live events of every execution (no replay); reconnects by itself. Infinite."""
+    while True:
+        pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        try:
+            pubsub.subscribe(keys.channel_all())
+            while True:
+                msg = pubsub.get_message(timeout=poll_interval_s)
+                if msg is not None and msg.get("type") == "message":
+                    yield RawEvent.from_json(msg["data"])
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            time.sleep(0.1)
+        finally:
+            _close_quietly(pubsub)
