@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 from events.errors import EventDecodeError
@@ -37,7 +37,11 @@ def _check_rfc3339(value: str) -> str:
     return value
 
 
-Timestamp = Annotated[str, AfterValidator(_check_rfc3339)]
+Timestamp = Annotated[
+    str,
+    AfterValidator(_check_rfc3339),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
 
 
 class Status(StrEnum):
@@ -72,6 +76,18 @@ class WireModel(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+EXTRA_PREFIX = "Extra (not in the spec): "
+
+
+def extra(description: str) -> Any:
+    """An optional field of ours that the spec does not name (CONTRACT §1 allows extras).
+
+    The description marks it as an extra in the generated JSON Schema and TypeScript, and the
+    spec contract test accepts exactly the fields marked so.
+    """
+    return Field(default=None, description=EXTRA_PREFIX + description)
+
+
 class ExecutionOptions(WireModel):
     working_dir: str | None = None
     timeout: Annotated[int, Field(ge=1)] | None = None
@@ -85,7 +101,7 @@ class ExecutionStartedPayload(WireModel):
     command_type: CommandType
     started_at: Timestamp
     options: ExecutionOptions
-    worker: str | None = None  # extra: host that runs it
+    worker: str | None = extra("the host of the worker that runs it")
 
 
 class ExecutionOutputPayload(WireModel):
@@ -93,9 +109,14 @@ class ExecutionOutputPayload(WireModel):
     output: str
     stream: StreamName
     timestamp: Timestamp
-    step_id: str | None = None  # extra: the playbook step that wrote it
-    truncated: bool | None = None  # extra: the output cap was hit; later output is dropped
-    dropped_bytes: int | None = None  # extra: output lost before this chunk (Redis unreachable)
+    step_id: str | None = extra("the playbook step that wrote this output")
+    truncated: bool | None = extra(
+        "true on the chunk that hit the output cap; no output of this execution follows it"
+    )
+    dropped_bytes: int | None = extra(
+        "UTF-8 bytes of output dropped just before this chunk (publish buffer full while Redis"
+        " was unreachable)"
+    )
 
 
 class ExecutionCompletePayload(WireModel):
@@ -106,7 +127,7 @@ class ExecutionCompletePayload(WireModel):
     duration_ms: Annotated[int, Field(ge=0)]
     exit_code: int | None = None
     error: str | None = None
-    worker: str | None = None  # extra
+    worker: str | None = extra("the host of the worker that ran it")
 
 
 class ExecutionCancelledPayload(WireModel):
@@ -123,8 +144,8 @@ class PlaybookStepStartPayload(WireModel):
     total_steps: Annotated[int, Field(ge=1)]
     step_name: str
     command: str
-    attempt: int | None = None  # extra: 1 for the first run, 2.. for retries
-    worker: str | None = None  # extra
+    attempt: int | None = extra("1 for the first run of the step, 2, 3, ... for its retries")
+    worker: str | None = extra("the host of the worker that ran it")
 
 
 class PlaybookStepCompletePayload(WireModel):
@@ -137,8 +158,8 @@ class PlaybookStepCompletePayload(WireModel):
     duration_ms: Annotated[int, Field(ge=0)]
     error: str | None = None
     continue_on_error: bool
-    attempts: int | None = None  # extra: how many times the step ran
-    worker: str | None = None  # extra
+    attempts: int | None = extra("how many times the step ran (retries included)")
+    worker: str | None = extra("the host of the worker that ran it")
 
 
 Payload = (
