@@ -65,20 +65,23 @@ CLAIM_LUA = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'unknown' end
 if redis.call('HEXISTS', KEYS[1], 'completeId') == 1 then return 'ended' end
-if redis.call('HGET', KEYS[1], 'cancelRequested') == '1' then return 'cancel' end
 if status ~= ARGV[1] then return status end
+if redis.call('HGET', KEYS[1], 'cancelRequested') == '1' then return 'cancel' end
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[2], 'taskId', ARGV[4])
 redis.call('SET', KEYS[2], ARGV[2], 'EX', tonumber(ARGV[3]))
 redis.call('SADD', KEYS[3], ARGV[5])
 return 'ok'
 """
 
-# Marks the cancel request; returns the status it found ('unknown' when there is no record).
+# Marks the cancel request; returns the status it found ('unknown' when there is no record,
+# 'ended:<status>' when it already ended). A queued execution becomes cancelled at once, so no
+# worker claims it afterwards; the caller then publishes its cancelled + complete events.
 CANCEL_LUA = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'unknown' end
 if redis.call('HEXISTS', KEYS[1], 'completeId') == 1 then return 'ended:' .. status end
 redis.call('HSET', KEYS[1], 'cancelRequested', '1')
+if status == 'queued' then redis.call('HSET', KEYS[1], 'status', 'cancelled') end
 return status
 """
 

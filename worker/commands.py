@@ -1,0 +1,84 @@
+"""Turn a submitted command into what the executor runs: argv, environment, options."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Mapping
+
+from events.errors import InvalidRequestError
+from events.models import ExecutionOptions
+from worker.executor import CommandSpec
+
+COMMAND_TYPES = ("aws_cli", "script")
+MAX_COMMAND_CHARS = 128 * 1024
+
+
+def validate_command(command: str, command_type: str) -> list[str] | None:
+    """Check a submitted command; return the argv of an aws_cli command, None for a script."""
+    if command_type not in COMMAND_TYPES:
+        raise InvalidRequestError(
+            "commandType", f"must be one of {', '.join(COMMAND_TYPES)}, got {command_type!r}"
+        )
+    if not command.strip():
+        raise InvalidRequestError("command", "must not be empty")
+    if len(command) > MAX_COMMAND_CHARS:
+        raise InvalidRequestError("command", f"longer than {MAX_COMMAND_CHARS} characters")
+    if "\x00" in command:
+        raise InvalidRequestError("command", "must not contain NUL characters")
+    if command_type == "script":
+        return None
+    try:
+        argv = shlex.split(command)
+    except ValueError as e:
+        raise InvalidRequestError("command", f"cannot be parsed as arguments: {e}") from e
+    if not argv or argv[0] != "aws":
+        raise InvalidRequestError("command", "an aws_cli command must start with 'aws'")
+    return argv
+
+
+def command_type_of(command: str) -> str:
+    """`aws ...` is aws_cli, anything else a script (CONTRACT §4)."""
+    first = command.strip().split(None, 1)
+    return "aws_cli" if first and first[0] == "aws" else "script"
+
+
+def build_env(
+    base: Mapping[str, str], options: ExecutionOptions, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    env = dict(base)
+    env.update(extra or {})
+    if options.aws_profile:
+        env["AWS_PROFILE"] = options.aws_profile
+    if options.aws_region:
+        env["AWS_REGION"] = options.aws_region
+        env["AWS_DEFAULT_REGION"] = options.aws_region
+    # The AWS CLI pages through `less` on a TTY; there is none here, and a pager must never
+    # wait for input.
+    env.setdefault("AWS_PAGER", "")
+    # Worker-internal settings (tokens, Redis URLs with passwords) are not the command's.
+    for name in list(env):
+        if name.startswith("CLOUDOPS_") and name != "CLOUDOPS_EXECUTION_ID":
+            del env[name]
+    return env
+
+
+def command_spec(
+    command: str,
+    command_type: str,
+    options: ExecutionOptions,
+    *,
+    argv: list[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    base_env: Mapping[str, str] | None = None,
+) -> CommandSpec:
+    """The executor's spec. `argv` overrides parsing (playbooks substitute params per argument)."""
+    if argv is None:
+        parsed = validate_command(command, command_type)
+        argv = parsed if parsed is not None else ["bash", "-c", command]
+    return CommandSpec(
+        argv=argv,
+        env=build_env(os.environ if base_env is None else base_env, options, env),
+        working_dir=options.working_dir,
+        timeout_s=options.timeout,
+    )

@@ -1,0 +1,235 @@
+"""In-process execution with an in-memory bus: the product with no Redis and no worker.
+
+`MemoryBus` is a Sink with the publisher's guarantees (contiguous ids per execution, nothing
+after `execution_complete`, records updated with their event) and `EmbeddedDispatcher` runs
+each execution in a thread with the same executor and the same events as a Celery worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from events.errors import ExecutionEndedError, UnknownExecutionError
+from events.lifecycle import Reporter
+from events.models import (
+    CommandType,
+    ExecutionOptions,
+    RawEvent,
+    WireModel,
+    encode_parts,
+    event_name,
+    utc_now,
+)
+from events.records import ExecutionRecord, record_from_hash
+from events.settings import Settings
+from worker.commands import command_spec, validate_command
+from worker.executor import Executor, StopReason
+from worker.runner import cancel_unstarted, run_command
+
+Listener = Callable[[str, RawEvent], None]
+
+
+class MemoryBus:
+    def __init__(self, max_events_per_execution: int = 1_000_000) -> None:
+        self._lock = threading.Lock()
+        self._history: dict[str, list[RawEvent]] = {}
+        self._records: dict[str, dict[str, str]] = {}
+        self._order: list[str] = []
+        self._listeners: list[Listener] = []
+        self._max = max_events_per_execution
+
+    # -- Sink
+    def publish(
+        self,
+        payload: WireModel,
+        *,
+        record: Mapping[str, str | int] | None = None,
+        wait: bool = False,
+    ) -> int | None:
+        execution_id: str = payload.execution_id  # type: ignore[attr-defined]
+        name = event_name(payload)
+        head, tail = encode_parts(name, execution_id, payload)
+        with self._lock:
+            rec = self._records.setdefault(execution_id, {"executionId": execution_id})
+            if "completeId" in rec:
+                return None
+            events = self._history.setdefault(execution_id, [])
+            seq = (events[-1].id if events else 0) + 1
+            ev = RawEvent(seq, name, head + str(seq) + tail)
+            if len(events) < self._max:
+                events.append(ev)
+            rec.update({k: str(v) for k, v in (record or {}).items()})
+            if name == "execution_complete":
+                rec["completeId"] = str(seq)
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(execution_id, ev)
+        return seq
+
+    # -- records
+    def create(self, execution_id: str, fields: Mapping[str, str]) -> None:
+        with self._lock:
+            self._records[execution_id] = {"executionId": execution_id, **fields}
+            self._order.append(execution_id)
+
+    def record(self, execution_id: str) -> ExecutionRecord | None:
+        with self._lock:
+            raw = dict(self._records.get(execution_id, {}))
+        return record_from_hash(raw) if raw.get("status") else None
+
+    def records(self) -> list[ExecutionRecord]:
+        with self._lock:
+            ids = list(reversed(self._order))
+        return [r for r in (self.record(i) for i in ids) if r is not None]
+
+    def history(self, execution_id: str, after: int = 0) -> list[RawEvent]:
+        with self._lock:
+            return [e for e in self._history.get(execution_id, []) if e.id > after]
+
+    # -- live
+    def add_listener(self, listener: Listener) -> Callable[[], None]:
+        with self._lock:
+            self._listeners.append(listener)
+
+        def remove() -> None:
+            with self._lock, contextlib.suppress(ValueError):
+                self._listeners.remove(listener)
+
+        return remove
+
+    def follow(self, execution_id: str, after: int = 0) -> Iterator[RawEvent]:
+        """History after `after`, then live, until execution_complete."""
+        q: queue.Queue[RawEvent] = queue.Queue()
+        remove = self.add_listener(lambda ex, ev: q.put(ev) if ex == execution_id else None)
+        try:
+            last = after
+            for ev in self.history(execution_id, after):
+                last = ev.id
+                yield ev
+                if ev.terminal:
+                    return
+            while True:
+                ev = q.get()
+                if ev.id <= last:
+                    continue
+                last = ev.id
+                yield ev
+                if ev.terminal:
+                    return
+        finally:
+            remove()
+
+
+class EmbeddedDispatcher:
+    """Runs executions in threads of this process; same events as the Celery fleet."""
+
+    def __init__(self, settings: Settings, bus: MemoryBus | None = None) -> None:
+        self.settings = settings
+        self.bus = bus or MemoryBus()
+        self.worker = f"embedded@{socket.gethostname()}"
+        self._executors: dict[str, Executor] = {}
+        self._cancelled: set[str] = set()
+        self._lock = threading.Lock()
+
+    def submit_command(
+        self, command: str, command_type: str, options: ExecutionOptions | None = None
+    ) -> str:
+        validate_command(command, command_type)
+        opts = options or ExecutionOptions()
+        execution_id = "ex_" + uuid.uuid4().hex[:20]
+        self.bus.create(
+            execution_id,
+            {
+                "command": command,
+                "commandType": command_type,
+                "status": "queued",
+                "options": json.dumps(opts.wire()),
+                "queuedAt": utc_now(),
+            },
+        )
+        ct: CommandType = "aws_cli" if command_type == "aws_cli" else "script"
+        threading.Thread(
+            target=self._run,
+            args=(execution_id, command, ct, opts),
+            name=f"cloudops-{execution_id}",
+            daemon=True,
+        ).start()
+        return execution_id
+
+    def run_inline(
+        self, command: str, command_type: str, options: ExecutionOptions | None = None
+    ) -> str:
+        """Like submit_command, but runs in the calling thread (the CLI's embedded run)."""
+        validate_command(command, command_type)
+        opts = options or ExecutionOptions()
+        execution_id = "ex_" + uuid.uuid4().hex[:20]
+        self.bus.create(
+            execution_id,
+            {"command": command, "commandType": command_type, "status": "queued"},
+        )
+        ct: CommandType = "aws_cli" if command_type == "aws_cli" else "script"
+        self._run(execution_id, command, ct, opts)
+        return execution_id
+
+    def submit_playbook(
+        self,
+        playbook: str | Mapping[str, Any],
+        params: Mapping[str, str] | None = None,
+        *,
+        source: str = "<request>",
+    ) -> str:
+        from events.errors import InvalidRequestError
+
+        raise InvalidRequestError("commandType", "playbooks are not supported yet")
+
+    def cancel(self, execution_id: str) -> None:
+        rec = self.bus.record(execution_id)
+        if rec is None:
+            raise UnknownExecutionError(execution_id)
+        if rec.terminal:
+            raise ExecutionEndedError(execution_id, rec.status)
+        with self._lock:
+            self._cancelled.add(execution_id)
+            executor = self._executors.get(execution_id)
+        if executor is not None:
+            executor.request_stop(StopReason.CANCELLED)
+
+    def _run(
+        self, execution_id: str, command: str, command_type: CommandType, opts: ExecutionOptions
+    ) -> None:
+        reporter = Reporter(self.bus, execution_id, worker=self.worker)
+        with self._lock:
+            if execution_id in self._cancelled:
+                cancel_unstarted(reporter)
+                return
+        spec = command_spec(command, command_type, opts)
+
+        @contextlib.contextmanager
+        def watch(executor: Executor) -> Iterator[None]:
+            with self._lock:
+                self._executors[execution_id] = executor
+                if execution_id in self._cancelled:
+                    executor.request_stop(StopReason.CANCELLED)
+            try:
+                yield
+            finally:
+                with self._lock:
+                    self._executors.pop(execution_id, None)
+
+        run_command(
+            reporter,
+            self.settings,
+            command=command,
+            command_type=command_type,
+            options=opts,
+            spec=spec,
+            watch=watch,
+            cancel_confirmed=lambda: execution_id in self._cancelled,
+        )

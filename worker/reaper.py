@@ -1,0 +1,63 @@
+"""Declare lost executions failed: their worker died and nobody else will end them.
+
+Runs in every worker's main process. An execution of this host whose pool process is gone
+(OOM, SIGKILL) is ended at once and its command's session killed; any execution whose lease
+expired (its host stopped renewing it) is ended by whichever worker notices first. The publish
+script guarantees a single `execution_complete` even if two reapers race.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+
+from events.lifecycle import Reporter
+from events.models import utc_now
+from worker.proctree import alive, signal_session
+from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+REAP_INTERVAL_S = 2.0
+
+
+def reap_once(rt: Runtime, hostname: str | None = None) -> list[str]:
+    """One scan of the running set; returns the executions declared lost."""
+    lost: list[str] = []
+    for execution_id in rt.records.running_ids():
+        raw = rt.records.raw(execution_id)
+        if raw.get("completeId") or raw.get("status") != "running":
+            rt.records.release(execution_id)
+            continue
+        worker = raw.get("worker")
+        local = hostname is not None and worker == hostname
+        pool_pid = int(raw.get("workerPid") or 0)
+        pool_dead = local and pool_pid > 0 and not alive(pool_pid)
+        if not pool_dead and rt.records.lease_alive(execution_id):
+            continue
+        if local and raw.get("pid"):
+            # The command's session outlived the process that ran it: kill it here.
+            signal_session(int(raw["pid"]), signal.SIGKILL)
+        why = "its pool process died" if pool_dead else "no heartbeat from its host"
+        error = f"worker lost: {worker or 'unknown worker'} stopped ({why})"
+        reporter = Reporter(rt.publisher, execution_id, worker=worker)
+        reporter.complete("failed", raw.get("startedAt") or utc_now(), error=error, wait=True)
+        rt.records.release(execution_id)
+        lost.append(execution_id)
+        log.warning("execution %s: %s", execution_id, error)
+    return lost
+
+
+def start_reaper(rt: Runtime, hostname: str | None) -> threading.Event:
+    """Run reap_once every REAP_INTERVAL_S in a daemon thread; set the event to stop it."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(REAP_INTERVAL_S):
+            with contextlib.suppress(Exception):
+                reap_once(rt, hostname)
+
+    threading.Thread(target=loop, name="cloudops-reaper", daemon=True).start()
+    return stop

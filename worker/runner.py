@@ -1,0 +1,172 @@
+"""Run one execution from start to its single `execution_complete`.
+
+`run_command` is shared by the Celery task and the embedded mode: started, output, then
+cancelled + complete or complete. `run_queued_command` adds what a fleet needs: claiming the
+execution in Redis (so it runs once, and never after a cancel), a watchdog, and releasing it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from events.lifecycle import Reporter
+from events.masking import Masker
+from events.models import CommandType, ExecutionOptions, utc_now
+from events.settings import Settings
+from worker.commands import command_spec
+from worker.executor import CommandSpec, Executor, RunResult, StopReason
+from worker.runtime import Runtime
+from worker.watchdog import Watchdog
+
+log = logging.getLogger(__name__)
+
+CANCEL_REASON = "User requested cancellation"
+
+
+def masker_for(settings: Settings, env: Mapping[str, str]) -> Masker:
+    names = settings.secret_names
+    return Masker([*(env.get(n, "") for n in names), *(os.environ.get(n, "") for n in names)])
+
+
+def executor_for(
+    spec: CommandSpec,
+    reporter: Reporter,
+    settings: Settings,
+    masker: Masker,
+    on_start: Callable[[int], None] | None = None,
+) -> Executor:
+    return Executor(
+        spec,
+        reporter.output,
+        masker=masker,
+        flush_interval_ms=settings.flush_interval_ms,
+        max_chunk_bytes=settings.max_chunk_bytes,
+        kill_grace_s=settings.kill_grace_s,
+        partial_output_chars=settings.partial_output_bytes,
+        on_start=on_start,
+    )
+
+
+@contextlib.contextmanager
+def sigterm_stops(executor: Executor) -> Iterator[None]:
+    """Celery's revoke(terminate=True) sends SIGTERM to the pool process running the task;
+    billiard would turn it into SystemExit and orphan the command's tree. Instead, we stop the
+    executor, which kills the whole session and reports."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: executor.request_stop())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def report_result(
+    reporter: Reporter,
+    result: RunResult,
+    started_at: str,
+    *,
+    cancel_confirmed: Callable[[], bool],
+    wait: bool = False,
+) -> str:
+    """Publish how the run ended; return the execution's status."""
+    if result.stop_reason is StopReason.CANCELLED and not cancel_confirmed():
+        # A SIGTERM with no cancel request: the worker is being shut down, not the user.
+        result.status, result.error = "failed", "worker shut down while the command ran"
+    if result.status == "cancelled":
+        reporter.cancelled(CANCEL_REASON, result.partial_output)
+        reporter.complete("cancelled", started_at, wait=wait)
+        return "cancelled"
+    status = result.status
+    assert status in ("completed", "failed", "timeout")
+    exit_code = result.exit_code if status in ("completed", "failed") else None
+    reporter.complete(status, started_at, exit_code=exit_code, error=result.error, wait=wait)  # type: ignore[arg-type]
+    return status
+
+
+def run_command(
+    reporter: Reporter,
+    settings: Settings,
+    *,
+    command: str,
+    command_type: CommandType,
+    options: ExecutionOptions,
+    spec: CommandSpec,
+    watch: Callable[[Executor], contextlib.AbstractContextManager[Any]],
+    cancel_confirmed: Callable[[], bool],
+    on_start: Callable[[int], None] | None = None,
+) -> str:
+    masker = masker_for(settings, spec.env)
+    started_at = reporter.started(masker.mask(command), command_type, options)
+    executor = executor_for(spec, reporter, settings, masker, on_start)
+    try:
+        with watch(executor), sigterm_stops(executor):
+            result = executor.run()
+    finally:
+        executor.close()
+    return report_result(reporter, result, started_at, cancel_confirmed=cancel_confirmed)
+
+
+def cancel_unstarted(reporter: Reporter, *, wait: bool = False) -> None:
+    """A cancelled execution that never started still ends with cancelled + complete."""
+    at = utc_now()
+    reporter.cancelled(CANCEL_REASON, "")
+    reporter.complete("cancelled", at, wait=wait)
+
+
+def run_queued_command(rt: Runtime, execution_id: str, *, worker: str, task_id: str) -> str:
+    """The Celery task's body: claim, run, report, release."""
+    claim = rt.records.claim(execution_id, worker, task_id)
+    reporter = Reporter(rt.publisher, execution_id, worker=worker)
+    if claim == "cancel":
+        cancel_unstarted(reporter)
+        rt.publisher.flush(30)
+        return "cancelled"
+    if claim != "ok":
+        # Already ended, already running elsewhere, or unknown: never run twice.
+        log.info("execution %s not run: %s", execution_id, claim)
+        return claim
+    try:
+        spec_data = rt.records.spec(execution_id) or {}
+        options = ExecutionOptions.model_validate(spec_data.get("options") or {})
+        command = str(spec_data.get("command", ""))
+        command_type = spec_data.get("commandType", "script")
+        spec = command_spec(command, command_type, options)
+
+        def on_start(pid: int) -> None:
+            with contextlib.suppress(Exception):
+                rt.records.update(execution_id, {"pid": pid, "workerPid": os.getpid()})
+
+        def watch(executor: Executor) -> Watchdog:
+            return Watchdog(rt, execution_id, worker, executor)
+
+        return run_command(
+            reporter,
+            rt.settings,
+            command=command,
+            command_type=command_type,
+            options=options,
+            spec=spec,
+            watch=watch,
+            cancel_confirmed=lambda: _cancel_confirmed(rt, execution_id),
+            on_start=on_start,
+        )
+    finally:
+        rt.publisher.flush(60)
+        rt.publisher.forget(execution_id)
+        with contextlib.suppress(Exception):
+            rt.records.release(execution_id)
+
+
+def _cancel_confirmed(rt: Runtime, execution_id: str) -> bool:
+    try:
+        return rt.records.cancel_requested(execution_id)
+    except Exception:  # Redis unreachable: trust the signal
+        return True

@@ -1,0 +1,63 @@
+"""While a command runs: renew its lease, poll its cancel mark, notice a dead parent worker.
+
+The cancel mark makes a cancel win even when Celery's revoke broadcast was missed (it is
+pub/sub: a worker that was restarting never hears it). The lease lets any other process
+declare this execution lost if this host disappears. A pool process whose worker main process
+died (SIGKILL, OOM) is re-parented: it then kills the command's tree itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from types import TracebackType
+
+from worker.executor import Executor, StopReason
+from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class Watchdog:
+    def __init__(self, rt: Runtime, execution_id: str, worker: str, executor: Executor) -> None:
+        self._rt = rt
+        self._execution_id = execution_id
+        self._worker = worker
+        self._executor = executor
+        self._stop = threading.Event()
+        self._parent = os.getppid()
+        self._thread = threading.Thread(target=self._run, name="cloudops-watchdog", daemon=True)
+
+    def __enter__(self) -> Watchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+    def _run(self) -> None:
+        s = self._rt.settings
+        next_beat = 0.0
+        while not self._stop.wait(s.cancel_poll_interval_s):
+            if os.getppid() != self._parent:
+                log.error("worker process gone; stopping execution %s", self._execution_id)
+                self._executor.request_stop(StopReason.WORKER_LOST)
+                return
+            try:
+                if self._rt.records.cancel_requested(self._execution_id):
+                    self._executor.request_stop(StopReason.CANCELLED)
+                    return
+                now = time.monotonic()
+                if now >= next_beat:
+                    self._rt.records.renew_lease(self._execution_id, self._worker)
+                    next_beat = now + s.heartbeat_interval_s
+            except Exception as e:  # Redis unreachable: the command goes on
+                log.debug("watchdog of %s: %s", self._execution_id, e)
