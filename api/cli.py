@@ -414,7 +414,8 @@ def main() -> None:
         sys.exit(EXIT_CANCELLED)
     except typer.TyperException as e:
         # Usage errors: one clear line, exit 2 (not click's multi-line usage block).
-        message = getattr(e, "format_message", lambda: str(e))()
+        fmt = getattr(e, "format_message", None)
+        message = fmt() if callable(fmt) else str(e)
         sys.stderr.write(f"cloudops: error: {message}\n")
         sys.exit(EXIT_USAGE)
     sys.exit(rc if isinstance(rc, int) else 0)
