@@ -387,6 +387,18 @@ def worker(
     app.worker_main(argv)
 
 
+@cli.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def flower(ctx: typer.Context) -> None:
+    """Start Flower on this fleet's broker (extra arguments go to Flower, e.g. --port=5555)."""
+    from worker.app import configure
+
+    settings = _settings()
+    if settings.effective_broker_url is None:
+        raise _fail("CLOUDOPS_REDIS_URL (or CLOUDOPS_BROKER_URL) is not set")
+    # Through our app, so Flower uses the same broker key prefix as the workers.
+    configure(settings).start(["flower", *ctx.args])
+
+
 @cli.command()
 def relay(
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
