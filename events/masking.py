@@ -30,41 +30,60 @@ class Masker:
 
 
 class StreamMasker:
-    """Masks a text stream fed in pieces.
+    """Masks a text stream fed in pieces, with exactly the result of masking it in one piece.
 
-    It holds back the shortest tail that could still grow into a secret (a suffix that is a
-    proper prefix of one); everything before it is final. The held tail goes out with the next
-    piece or at `final()`.
+    Masking scans left to right and, at each position, replaces the longest secret that starts
+    there. A position is undecided while the text from it to the end is a proper prefix of some
+    secret: more text could complete that secret, or a longer one than what matches now (with
+    secrets `ab` and `abcd`, masking `ab` early would leak `cd`). The stream masker emits the
+    masked text up to the first undecided position the scan reaches and holds the rest back,
+    unmasked, until the next piece or `final()`. The held tail is shorter than the longest
+    secret, and is empty whenever the text does not end in the beginning of a secret.
     """
 
     def __init__(self, masker: Masker) -> None:
         self._masker = masker
         self._held = ""
+        self._firsts = frozenset(s[0] for s in masker.secrets)
+        self._longest = len(masker.secrets[0]) if masker.secrets else 0
 
     def feed(self, text: str) -> str:
-        if not self._masker:
+        regex = self._masker._re
+        if regex is None:
             return text
-        masked = self._masker.mask(self._held + text)
-        hold = self._hold_length(masked)
-        if hold:
-            self._held = masked[-hold:]
-            return masked[:-hold]
-        self._held = ""
-        return masked
+        raw = self._held + text
+        undecided = self._undecided(raw)
+        out: list[str] = []
+        pos = 0
+        cut = len(raw)
+        for m in regex.finditer(raw):
+            nxt = next((u for u in undecided if u >= pos), None)
+            if nxt is not None and m.start() >= nxt:
+                break
+            out += [raw[pos : m.start()], MASK]
+            pos = m.end()
+        nxt = next((u for u in undecided if u >= pos), None)
+        if nxt is not None:
+            cut = nxt
+        out.append(raw[pos:cut])
+        self._held = raw[cut:]
+        return "".join(out)
 
     def final(self) -> str:
         held, self._held = self._held, ""
-        return held
+        return self._masker.mask(held)
 
     @property
     def held(self) -> int:
         return len(self._held)
 
-    def _hold_length(self, text: str) -> int:
-        best = 0
-        for secret in self._masker.secrets:
-            for h in range(min(len(secret) - 1, len(text)), best, -1):
-                if text.endswith(secret[:h]):
-                    best = h
-                    break
-        return best
+    def _undecided(self, raw: str) -> list[int]:
+        """Positions, ascending, from which `raw` is a proper prefix of some secret."""
+        n = len(raw)
+        found: list[int] = []
+        for i in range(max(0, n - self._longest + 1), n):
+            if raw[i] in self._firsts:
+                rest = raw[i:]
+                if any(len(s) > len(rest) and s.startswith(rest) for s in self._masker.secrets):
+                    found.append(i)
+        return found
