@@ -506,8 +506,6 @@ def _parse_yaml(text: str, locator: _Locator) -> tuple[yaml.Node | None, object]
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
-        if node is not None:
-            _check_duplicate_keys(node, locator)
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -530,31 +528,28 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 def _check_duplicate_keys(root: yaml.Node, locator: _Locator) -> None:
     """YAML keeps the last of two equal keys silently; a playbook with one is refused."""
     seen_nodes: set[int] = set()
-    todo = [root]
+    todo: list[tuple[yaml.Node, _Path]] = [(root, ())]
     while todo:
-        node = todo.pop()
+        node, path = todo.pop()
         if id(node) in seen_nodes:
             continue  # an alias: already checked (and not walked twice)
         seen_nodes.add(id(node))
         if isinstance(node, yaml.MappingNode):
             keys: dict[str, int] = {}
             for key_node, value_node in node.value:
-                if (
-                    isinstance(key_node, yaml.ScalarNode)
-                    and key_node.tag != "tag:yaml.org,2002:merge"
-                ):
-                    line = int(key_node.start_mark.line) + 1
-                    if key_node.value in keys:
-                        raise locator.error(
-                            (),
-                            f"key {key_node.value!r} appears twice in one mapping"
-                            f" (lines {keys[key_node.value]} and {line})",
-                            line=line,
-                        )
-                    keys[key_node.value] = line
-                todo.extend((key_node, value_node))
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+                    continue
+                key, line = str(key_node.value), int(key_node.start_mark.line) + 1
+                if key in keys:
+                    raise locator.error(
+                        (*path, key),
+                        f"key {key!r} appears twice in one mapping (lines {keys[key]} and {line})",
+                        line=line,
+                    )
+                keys[key] = line
+                todo.append((value_node, (*path, key)))
         elif isinstance(node, yaml.SequenceNode):
-            todo.extend(node.value)
+            todo.extend((child, (*path, i)) for i, child in enumerate(node.value))
 
 
 def load_playbook(
@@ -577,6 +572,8 @@ def load_playbook(
             raise locator.error((), f"is larger than {MAX_PLAYBOOK_CHARS} characters")
         node, data = _parse_yaml(source, locator)
         locator = _Locator(source_name, node, data)
+        if node is not None:
+            _check_duplicate_keys(node, locator)
     else:
         data = source
     if data is None:

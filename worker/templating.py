@@ -11,8 +11,10 @@ A value never becomes code:
   comparisons in `[[ ]]`, array subscripts and `${...}` (bash evaluates those as code), here-
   document bodies (a value could end the document), and right after `$` or `\\`.
 
-Commands that evaluate their own arguments again (`eval`, `sh -c`, `ssh host CMD`) are beyond what
-quoting can protect; pass values to them through a step's `env` instead.
+Commands that evaluate their own arguments again are beyond what quoting can protect: `eval`,
+`sh -c`, `ssh host CMD`, and bash builtins that take a variable name (`unset`, `read`, `printf -v`,
+`declare`, `test -v`) or assign an integer variable (`declare -i`), which evaluate `a[...]` in it.
+Pass values to them through a step's `env` instead.
 """
 
 from __future__ import annotations
@@ -222,7 +224,8 @@ class _ShellScanner:
         if kind in ("top", "subst"):
             if frame.in_let:
                 raise TemplateError(f"{ref} is in a `let` expression, which bash runs as code")
-            if frame.word_plain and _SUBSCRIPT_WORD_RE.match(frame.word):
+            in_brackets = frame.word.startswith("[") and "]" not in frame.word  # a=([k]=v)
+            if frame.word_plain and (_SUBSCRIPT_WORD_RE.match(frame.word) or in_brackets):
                 raise TemplateError(
                     f"{ref} is in an array subscript, which bash evaluates as arithmetic code"
                 )
