@@ -146,6 +146,16 @@ BAD: list[tuple[str, str, list[str]]] = [
         ["line 4", "step 1 (a)", "field command", "must be a string, got a list"],
     ),
     (
+        "mapping-command",
+        _steps_yaml("  - id: a\n    command: {echo: hi}\n"),
+        ["line 4", "field command", "got a mapping", "must be quoted in YAML"],
+    ),
+    (
+        "number-name",
+        _steps_yaml("  - id: a\n    name: 1.5\n    command: echo\n"),
+        ["line 4", "step 1 (a)", "field name", "the number 1.5 (quote it"],
+    ),
+    (
         "duplicate-ids",
         _steps_yaml("  - id: a\n    command: echo\n  - id: a\n    command: echo\n"),
         ["line 5", "step 2 (a)", "field id", "duplicate step id 'a'", "also step 1"],
@@ -413,6 +423,7 @@ def test_contract_example_loads_with_defaults_applied() -> None:
     }
     assert [s.id for s in pb.steps] == ["list", "step_2", "step_3"]
     assert [s.name for s in pb.steps] == ["List EC2 Instances", "step_2", "step_3"]
+    assert load_playbook("name: x\nsteps:\n  - {id: 1, command: 'true'}\n").steps[0].id == "1"
     second = pb.steps[1]
     assert (second.continue_on_error, second.retries, second.timeout, second.env) == (
         False,

@@ -103,8 +103,7 @@ def _describe(value: object) -> str:
         text = value if len(value) <= 40 else value[:40] + "..."
         return f"the string {text!r}"
     if isinstance(value, Mapping):
-        # `command: {{ params.x }}` unquoted is a YAML mapping, not a template.
-        return "a mapping (a value that starts with '{' must be quoted in YAML)"
+        return "a mapping"
     if isinstance(value, list | tuple):
         return "a list"
     return f"a {type(value).__name__}"
@@ -112,7 +111,13 @@ def _describe(value: object) -> str:
 
 def _string(value: object) -> str:
     if not isinstance(value, str):
-        _fail(f"must be a string, got {_describe(value)}")
+        hint = ""
+        if isinstance(value, Mapping):
+            # `command: {{ params.x }}` unquoted is a YAML mapping, not a template.
+            hint = " (a value that starts with '{' must be quoted in YAML)"
+        elif isinstance(value, bool | int | float):
+            hint = " (quote it if you mean the text)"
+        _fail(f"must be a string, got {_describe(value)}{hint}")
     return value
 
 
@@ -161,7 +166,8 @@ def _command(value: object) -> str:
 
 
 def _step_id(value: object) -> str:
-    text = _string(value)
+    # `id: 1` is a YAML integer; ids are text.
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else _string(value)
     if not STEP_ID_RE.match(text):
         _fail(f"must be letters, digits and _ . - only, got {text!r}")
     return text
@@ -244,8 +250,10 @@ def _default_step_ids(value: object) -> object:
         if isinstance(step, Mapping):
             step = dict(step)
             step.setdefault("id", f"step_{n}")
-            if "name" not in step and isinstance(step["id"], str):
-                step["name"] = step["id"]
+            step_id = step["id"]
+            usable = isinstance(step_id, str | int) and not isinstance(step_id, bool)
+            if "name" not in step and usable:
+                step["name"] = str(step_id)
         steps.append(step)
     return steps
 
@@ -273,7 +281,7 @@ def _check_steps(steps: list[Step]) -> list[Step]:
 
 
 Text = Annotated[str, BeforeValidator(_nonempty_string)]
-OptionalText = Annotated[str, BeforeValidator(_string)]
+AnyText = Annotated[str, BeforeValidator(_string)]
 Seconds = Annotated[int, BeforeValidator(_seconds)]
 WorkingDir = Annotated[str, BeforeValidator(_templated())]
 OneWord = Annotated[str, BeforeValidator(_templated(_check_no_blanks))]
@@ -285,6 +293,8 @@ ParamValue = Annotated[str, BeforeValidator(param_value)]
 
 
 class _Spec(BaseModel):
+    """Frozen, and an unknown key is an error (a typo must not be silently ignored)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -298,6 +308,8 @@ class PlaybookOptions(_Spec):
 
 
 class Step(_Spec):
+    """One step; `id` defaults to step_<n> and `name` to the id (filled in by Playbook)."""
+
     id: Annotated[str, BeforeValidator(_step_id)]
     name: Text
     command: Annotated[str, BeforeValidator(_command)]
@@ -315,8 +327,10 @@ class Step(_Spec):
 
 
 class Playbook(_Spec):
+    """A whole playbook. Build it with load_playbook(), which also checks the run's params."""
+
     name: Text
-    description: OptionalText | None = None
+    description: AnyText | None = None
     options: PlaybookOptions = Field(default_factory=PlaybookOptions)
     params: dict[ParamName, ParamValue] = Field(default_factory=dict)
     max_concurrent: Annotated[int, BeforeValidator(_positive_count)] | None = None
