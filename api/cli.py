@@ -371,7 +371,8 @@ def worker(
     if settings.redis_url is None:
         raise _fail("CLOUDOPS_REDIS_URL is not set: a worker needs Redis")
     app = configure(settings)
-    argv = ["worker", "-E", "--loglevel", loglevel, "-P", "prefork"]
+    # Mingle only syncs revoked ids between workers; our cancel mark in Redis does that job.
+    argv = ["worker", "-E", "--loglevel", loglevel, "-P", "prefork", "--without-mingle"]
     argv += ["-Q", queues or settings.default_queue]
     if concurrency is not None:
         argv += ["-c", str(concurrency)]

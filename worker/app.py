@@ -47,6 +47,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def client_app(settings: Settings) -> Celery:
+    """A Celery app of its own for a submitting process (relay, CLI, tests): the global `app`
+    caches its broker connection, so each Settings gets its own instance."""
+    client = Celery("cloudops-client", set_as_current=False)
+    conf = celery_config(settings)
+    conf.pop("include")
+    client.conf.update(conf)
+    return client
+
+
 def configure(settings: Settings) -> Celery:
     """Point the app at the settings' broker. Called once per process, before any task runs."""
     global _settings

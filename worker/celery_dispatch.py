@@ -11,7 +11,7 @@ from events.errors import ExecutionEndedError, InvalidRequestError, UnknownExecu
 from events.lifecycle import Reporter
 from events.models import ExecutionOptions, utc_now
 from events.settings import Settings
-from worker.app import TASK_RUN_COMMAND, configure
+from worker.app import TASK_RUN_COMMAND, client_app
 from worker.commands import validate_command
 from worker.runner import cancel_unstarted
 from worker.runtime import Runtime
@@ -26,7 +26,7 @@ def new_execution_id() -> str:
 class CeleryDispatcher:
     def __init__(self, settings: Settings, runtime: Runtime | None = None) -> None:
         self.settings = settings
-        self.app = configure(settings)
+        self.app = client_app(settings)
         self.rt = runtime or Runtime.build(settings)
 
     def submit_command(

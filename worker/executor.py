@@ -271,7 +271,7 @@ class Executor:
         if reason is StopReason.CANCELLED:
             return RunResult("cancelled", exit_code, None, _ms(t0), reason, partial, proc.pid)
         if reason is StopReason.WORKER_LOST:
-            err = "worker lost: the worker process running this execution died"
+            err = "worker lost: the worker process running this execution died"  # see runner
             return RunResult("failed", exit_code, err, _ms(t0), reason, partial, proc.pid)
         if reason is StopReason.SHUTDOWN:
             err = "worker shut down while the command ran"

@@ -27,6 +27,7 @@ from worker.watchdog import Watchdog
 log = logging.getLogger(__name__)
 
 CANCEL_REASON = "User requested cancellation"
+WORKER_LOST_ERROR = "worker lost: the worker process running this execution died"
 
 
 def masker_for(settings: Settings, env: Mapping[str, str]) -> Masker:
@@ -61,7 +62,12 @@ def sigterm_stops(executor: Executor) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, lambda *_: executor.request_stop())
+
+    def on_sigterm(*_: object) -> None:
+        # Also the parent-death signal (see worker.tasks): report_result tells them apart.
+        executor.request_stop(StopReason.CANCELLED)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield
     finally:
@@ -74,12 +80,17 @@ def report_result(
     started_at: str,
     *,
     cancel_confirmed: Callable[[], bool],
+    parent_pid: int,
     wait: bool = False,
 ) -> str:
     """Publish how the run ended; return the execution's status."""
     if result.stop_reason is StopReason.CANCELLED and not cancel_confirmed():
-        # A SIGTERM with no cancel request: the worker is being shut down, not the user.
-        result.status, result.error = "failed", "worker shut down while the command ran"
+        # A SIGTERM with no cancel request: our worker died (the kernel's parent-death signal;
+        # we were re-parented) or it is being shut down; either way not the user's doing.
+        result.status = "failed"
+        result.error = (
+            WORKER_LOST_ERROR if os.getppid() != parent_pid else "worker shut down while running"
+        )
     if result.status == "cancelled":
         reporter.cancelled(CANCEL_REASON, result.partial_output)
         reporter.complete("cancelled", started_at, wait=wait)
@@ -104,6 +115,7 @@ def run_command(
     on_start: Callable[[int], None] | None = None,
 ) -> str:
     masker = masker_for(settings, spec.env)
+    parent_pid = os.getppid()
     started_at = reporter.started(masker.mask(command), command_type, options)
     executor = executor_for(spec, reporter, settings, masker, on_start)
     try:
@@ -111,7 +123,9 @@ def run_command(
             result = executor.run()
     finally:
         executor.close()
-    return report_result(reporter, result, started_at, cancel_confirmed=cancel_confirmed)
+    return report_result(
+        reporter, result, started_at, cancel_confirmed=cancel_confirmed, parent_pid=parent_pid
+    )
 
 
 def cancel_unstarted(reporter: Reporter, *, wait: bool = False) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Any
+
+from billiard.util import set_pdeathsig
+from celery.signals import worker_process_init
 
 from worker.app import TASK_RUN_COMMAND, app, current_settings
 from worker.runner import run_queued_command
@@ -15,3 +19,12 @@ def run_command_task(self: Any, execution_id: str) -> str:
     return run_queued_command(
         rt, execution_id, worker=str(self.request.hostname), task_id=str(self.request.id)
     )
+
+
+@worker_process_init.connect(weak=False)  # type: ignore[untyped-decorator]
+def _survive_parent_death(**_: Any) -> None:
+    """Celery makes the kernel SIGKILL pool processes when the worker's main process dies;
+    a running command's tree would then be orphaned with nobody to report it. SIGTERM instead
+    lets a running task kill its command's session and report the worker as lost (an idle
+    pool process just exits: SIGTERM is at its default there)."""
+    set_pdeathsig(signal.SIGTERM)
