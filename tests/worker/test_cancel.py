@@ -122,7 +122,7 @@ def test_cancel_while_no_worker_runs_then_worker_starts(
     wait_until(lambda: ex in worker.log(), 20, what="the worker to see the task")
     time.sleep(0)  # the claim is synchronous with the log line's task
     assert not flag.exists()
-    assert len(list(dispatcher.rt.redis.xrange(dispatcher.rt.keys.history(ex)))) == 2
+    assert dispatcher.rt.redis.xlen(dispatcher.rt.keys.history(ex)) == 2
 
 
 def test_worker_sigkilled_mid_run_fails_as_lost_and_never_reruns(
