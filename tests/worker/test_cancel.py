@@ -118,9 +118,15 @@ def test_cancel_while_no_worker_runs_then_worker_starts(
     assert [e.event for e in events] == ["execution_cancelled", "execution_complete"]
     assert payloads(events)[-1]["status"] == "cancelled"
     worker = start_worker()
-    # The worker receives the task and refuses it (revoked, or our claim says cancelled).
-    wait_until(lambda: ex in worker.log(), 20, what="the worker to see the task")
-    time.sleep(0)  # the claim is synchronous with the log line's task
+    # The worker receives the task and refuses it: revoked, or our claim says cancelled.
+    wait_until(
+        lambda: (
+            f"revoked task: cloudops.run_command[{ex}]" in worker.log()
+            or f"[{ex}] succeeded" in worker.log()
+        ),
+        20,
+        what="the worker to dispose of the task",
+    )
     assert not flag.exists()
     assert dispatcher.rt.redis.xlen(dispatcher.rt.keys.history(ex)) == 2
 
