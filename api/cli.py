@@ -361,10 +361,10 @@ def worker(
     loglevel: Annotated[str, typer.Option("--loglevel")] = "INFO",
 ) -> None:
     """Start a Celery worker that runs commands and playbook steps."""
-    from celery.signals import worker_ready
+    from celery.signals import worker_ready, worker_shutting_down
 
     from worker.app import configure
-    from worker.reaper import start_reaper
+    from worker.reaper import start_reaper, stop_after_grace
     from worker.runtime import Runtime
 
     settings = _settings()
@@ -379,11 +379,19 @@ def worker(
     if hostname:
         argv += ["-n", hostname]
 
+    reaper: dict[str, Any] = {}
+
     @worker_ready.connect(weak=False)  # type: ignore[untyped-decorator]
     def _start_reaper(sender: Any = None, **_: Any) -> None:
         # Its own Runtime: the reaper thread must share no lock with the pool's forks.
-        name = getattr(sender, "hostname", None)
-        start_reaper(Runtime.build(settings), name)
+        reaper["hostname"] = getattr(sender, "hostname", None)
+        reaper["runtime"] = Runtime.build(settings)
+        start_reaper(reaper["runtime"], reaper["hostname"])
+
+    @worker_shutting_down.connect(weak=False)  # type: ignore[untyped-decorator]
+    def _bound_warm_shutdown(**_: Any) -> None:
+        if "runtime" in reaper:
+            stop_after_grace(reaper["runtime"], reaper["hostname"], settings.shutdown_grace_s)
 
     app.worker_main(argv)
 

@@ -55,6 +55,9 @@ class Settings:
     # Events waiting for an unreachable Redis; past it output is dropped and counted.
     publish_buffer_bytes: int = 64 * MIB
     kill_grace_s: float = 5.0
+    # On a worker's warm shutdown, running commands get this long to finish before they are
+    # stopped cleanly (their tree killed, `failed: worker shut down`).
+    shutdown_grace_s: float = 300.0
     partial_output_bytes: int = 1 * MIB
     # A running execution's lease; a worker that stops renewing it is declared lost.
     lease_ttl_s: int = 8
@@ -101,6 +104,7 @@ class Settings:
             max_chunk_bytes=_int(e, p + "MAX_CHUNK_BYTES", d.max_chunk_bytes),
             publish_buffer_bytes=_int(e, p + "PUBLISH_BUFFER_BYTES", d.publish_buffer_bytes),
             kill_grace_s=_float(e, p + "KILL_GRACE_S", d.kill_grace_s),
+            shutdown_grace_s=_float(e, p + "SHUTDOWN_GRACE_S", d.shutdown_grace_s),
             partial_output_bytes=_int(e, p + "PARTIAL_OUTPUT_BYTES", d.partial_output_bytes),
             lease_ttl_s=_int(e, p + "LEASE_TTL_S", d.lease_ttl_s),
             heartbeat_interval_s=_float(e, p + "HEARTBEAT_INTERVAL_S", d.heartbeat_interval_s),

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
+import time
 
 from events.lifecycle import Reporter
 from events.models import utc_now
@@ -61,3 +63,21 @@ def start_reaper(rt: Runtime, hostname: str | None) -> threading.Event:
 
     threading.Thread(target=loop, name="cloudops-reaper", daemon=True).start()
     return stop
+
+
+def stop_after_grace(rt: Runtime, hostname: str | None, grace_s: float) -> None:
+    """Warm shutdown: running commands get `grace_s` to finish; then each pool process still
+    running one gets SIGTERM, which its task turns into a clean stop (tree killed, reported
+    `failed: worker shut down`), so Celery's warm shutdown can complete."""
+
+    def later() -> None:
+        time.sleep(grace_s)
+        for execution_id in rt.records.running_ids():
+            raw = rt.records.raw(execution_id)
+            pool_pid = int(raw.get("workerPid") or 0)
+            if raw.get("worker") == hostname and pool_pid and alive(pool_pid):
+                log.warning("shutdown grace over: stopping execution %s", execution_id)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pool_pid, signal.SIGTERM)
+
+    threading.Thread(target=later, name="cloudops-shutdown", daemon=True).start()
