@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from events.errors import ConfigError
 
 MIB = 1024 * 1024
+ENV_PREFIX = "CLOUDOPS_"
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -86,34 +87,26 @@ class Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
     @classmethod
+    def env_names(cls) -> tuple[str, ...]:
+        """Every variable read: CLOUDOPS_ + the field's name in capitals."""
+        return tuple(ENV_PREFIX + f.name.upper() for f in fields(cls))
+
+    @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         e = os.environ if env is None else env
-        p = "CLOUDOPS_"
-        d = cls()
-        return cls(
-            redis_url=e.get(p + "REDIS_URL") or None,
-            broker_url=e.get(p + "BROKER_URL") or None,
-            key_prefix=e.get(p + "KEY_PREFIX") or d.key_prefix,
-            api_tokens=_list(e, p + "API_TOKENS"),
-            api_url=e.get(p + "API_URL") or None,
-            api_token=e.get(p + "API_TOKEN") or None,
-            cors_origins=_list(e, p + "CORS_ORIGINS"),
-            history_ttl_s=_int(e, p + "HISTORY_TTL_S", d.history_ttl_s),
-            max_output_bytes=_int(e, p + "MAX_OUTPUT_BYTES", d.max_output_bytes),
-            flush_interval_ms=_int(e, p + "FLUSH_INTERVAL_MS", d.flush_interval_ms),
-            max_chunk_bytes=_int(e, p + "MAX_CHUNK_BYTES", d.max_chunk_bytes),
-            publish_buffer_bytes=_int(e, p + "PUBLISH_BUFFER_BYTES", d.publish_buffer_bytes),
-            kill_grace_s=_float(e, p + "KILL_GRACE_S", d.kill_grace_s),
-            shutdown_grace_s=_float(e, p + "SHUTDOWN_GRACE_S", d.shutdown_grace_s),
-            partial_output_bytes=_int(e, p + "PARTIAL_OUTPUT_BYTES", d.partial_output_bytes),
-            lease_ttl_s=_int(e, p + "LEASE_TTL_S", d.lease_ttl_s),
-            heartbeat_interval_s=_float(e, p + "HEARTBEAT_INTERVAL_S", d.heartbeat_interval_s),
-            cancel_poll_interval_s=_float(
-                e, p + "CANCEL_POLL_INTERVAL_S", d.cancel_poll_interval_s
-            ),
-            secret_env=_list(e, p + "SECRET_ENV"),
-            default_queue=e.get(p + "DEFAULT_QUEUE") or d.default_queue,
-            stream_ticket_ttl_s=_int(e, p + "STREAM_TICKET_TTL_S", d.stream_ticket_ttl_s),
-            sse_ping_interval_s=_float(e, p + "SSE_PING_INTERVAL_S", d.sse_ping_interval_s),
-            client_queue_events=_int(e, p + "CLIENT_QUEUE_EVENTS", d.client_queue_events),
-        )
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            name = ENV_PREFIX + f.name.upper()
+            raw = e.get(name)
+            if raw is None or raw == "":
+                continue
+            kind = str(f.type)
+            if kind.startswith("tuple"):
+                values[f.name] = _list(e, name)
+            elif kind == "int":
+                values[f.name] = _int(e, name, 0)
+            elif kind == "float":
+                values[f.name] = _float(e, name, 0.0)
+            else:
+                values[f.name] = raw
+        return cls(**values)  # type: ignore[arg-type]
