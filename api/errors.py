@@ -1,0 +1,117 @@
+"""Every error as `{"detail": "..."}`; bad input names the field (`options.timeout: ...`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from api.auth import AuthError
+from events.errors import (
+    BusError,
+    ExecutionEndedError,
+    InvalidRequestError,
+    UnknownExecutionError,
+)
+
+log = logging.getLogger(__name__)
+
+# Where FastAPI found the value: the location word is not part of the field's name.
+_SOURCES = {"body", "query", "path", "header", "cookie"}
+_HEADER_NAMES = {"last-event-id": "Last-Event-ID"}
+
+
+def field_name(loc: Sequence[Any]) -> str:
+    parts = list(loc)
+    source = parts.pop(0) if parts and parts[0] in _SOURCES else None
+    if source == "body" and parts and isinstance(parts[0], int):
+        return "body"  # a JSON syntax error: loc is the character position
+    if source == "header" and parts:
+        return _HEADER_NAMES.get(str(parts[0]).lower(), str(parts[0]))
+    name = ""
+    for p in parts:
+        name += f"[{p}]" if isinstance(p, int) else (f".{p}" if name else str(p))
+    return name or source or "request"
+
+
+def error_message(err: dict[str, Any]) -> str:
+    kind = err.get("type", "")
+    ctx = err.get("ctx") or {}
+    if kind == "missing":
+        return "is required"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return "must be an integer"
+    if kind == "greater_than":
+        return "must be a positive integer" if ctx.get("gt") == 0 else f"must be > {ctx['gt']}"
+    if kind == "greater_than_equal":
+        return f"must be at least {ctx.get('ge')}"
+    if kind == "less_than_equal":
+        return f"must be at most {ctx.get('le')}"
+    if kind in ("string_type", "string_unicode"):
+        return "must be a string"
+    if kind in ("literal_error", "enum"):
+        return f"must be one of {ctx.get('expected')}"
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind in ("model_attributes_type", "dict_type", "model_type"):
+        return "must be a JSON object"
+    if kind == "json_invalid":
+        return "invalid JSON"
+    msg = str(err.get("msg", "is invalid"))
+    msg = msg.removeprefix("Value error, ")
+    return msg[:1].lower() + msg[1:]
+
+
+def validation_detail(errors: Sequence[Any]) -> str:
+    if not errors:
+        return "request: invalid"
+    err = errors[0]
+    return f"{field_name(err.get('loc', ()))}: {error_message(err)}"
+
+
+def _json(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+async def _validation(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return _json(422, validation_detail(exc.errors()))
+
+
+async def _invalid(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, InvalidRequestError)
+    return _json(422, f"{exc.field}: {exc.message}")
+
+
+async def _unknown(_: Request, exc: Exception) -> JSONResponse:
+    return _json(404, str(exc))
+
+
+async def _ended(_: Request, exc: Exception) -> JSONResponse:
+    return _json(409, str(exc))
+
+
+async def _auth(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AuthError)
+    return _json(401, exc.detail, {"WWW-Authenticate": "Bearer"})
+
+
+async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+    log.warning("event store unavailable: %s", exc)
+    return _json(503, "the event store (Redis) is unavailable; retry later")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(InvalidRequestError, _invalid)
+    app.add_exception_handler(UnknownExecutionError, _unknown)
+    app.add_exception_handler(ExecutionEndedError, _ended)
+    app.add_exception_handler(AuthError, _auth)
+    app.add_exception_handler(redis.ConnectionError, _unavailable)
+    app.add_exception_handler(redis.TimeoutError, _unavailable)
+    app.add_exception_handler(BusError, _unavailable)

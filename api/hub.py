@@ -1,0 +1,294 @@
+"""The relay's one pub/sub connection, fanned out to every client's bounded inbox.
+
+One connection per relay process subscribes the channels its clients need, reference-counted:
+an execution's channel while someone follows it, the all-executions channel while someone
+listens to all. Each message becomes one `RawEvent` (the payload is never parsed) shared by the
+inboxes of the clients of that channel.
+
+Pub/sub is only the fast path (see `events.subscriber`): a client's inbox never blocks the hub;
+when it is full the hub drops events for that client only and flags it, and the client catches
+up from the history. Whenever the connection is lost and made again, `generation` goes up and
+every inbox is woken: what was published meanwhile is in the history, and each client reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from events.errors import EventDecodeError
+from events.models import RawEvent
+from events.settings import MIB
+
+log = logging.getLogger(__name__)
+
+_REDIS_ERRORS = (redis.RedisError, OSError)
+
+
+class ClientQueue:
+    """One client's inbox of live events, bounded in bytes and in count."""
+
+    __slots__ = ("_bytes", "_items", "_wake", "dropped", "max_bytes", "max_events", "overflowed")
+
+    def __init__(self, max_bytes: int = 1 * MIB, max_events: int = 1024) -> None:
+        self._items: deque[RawEvent] = deque()
+        self._bytes = 0
+        self._wake = asyncio.Event()
+        self.max_bytes = max_bytes
+        self.max_events = max_events
+        self.overflowed = False
+        self.dropped = 0
+
+    def put(self, ev: RawEvent) -> None:
+        """Called by the hub; never blocks. Past the bound the event is dropped and flagged."""
+        if self.overflowed:
+            # The client will read the history from its last id: later events are useless here.
+            self.dropped += 1
+            return
+        size = len(ev.data)
+        if self._items and (
+            self._bytes + size > self.max_bytes or len(self._items) >= self.max_events
+        ):
+            self.overflowed = True
+            self.dropped += 1
+        else:
+            self._items.append(ev)
+            self._bytes += size
+        self._wake.set()
+
+    def take(self) -> list[RawEvent]:
+        items = list(self._items)
+        self._items.clear()
+        self._bytes = 0
+        return items
+
+    def reset(self) -> None:
+        """Forget everything queued and the overflow flag (before a history read)."""
+        self.take()
+        self.overflowed = False
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
+
+    async def wait(self, timeout_s: float) -> bool:
+        """Wait for an event, an overflow or a notification; False when the timeout came first."""
+        if self._items or self.overflowed:
+            return True
+        self._wake.clear()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._wake.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+class Hub:
+    """Routes the messages of one pub/sub connection to the inboxes that registered for them."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        ping_interval_s: float = 5.0,
+        ping_timeout_s: float = 5.0,
+        reconnect_max_s: float = 2.0,
+        confirm_timeout_s: float = 2.0,
+    ) -> None:
+        # A client of its own: its pool holds only this connection.
+        self._client = client
+        self._ping_interval_s = ping_interval_s
+        self._ping_timeout_s = ping_timeout_s
+        self._reconnect_max_s = reconnect_max_s
+        self._confirm_timeout_s = confirm_timeout_s
+        self._routes: dict[bytes, set[ClientQueue]] = {}
+        self._wire: set[bytes] = set()
+        self._pending: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._pubsub: Any = None
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._syncs: set[asyncio.Task[Any]] = set()
+        self.generation = 0
+        self.reconnects = 0
+        self.messages = 0
+        self.connected = False
+
+    # -- life ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="cloudops-hub")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._task, *self._syncs) if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, *_REDIS_ERRORS):
+                await t
+        self._task = None
+        await self._client.aclose()
+
+    # -- clients ---------------------------------------------------------------------------
+    async def subscribe(self, channel: str, queue: ClientQueue) -> None:
+        """Route `channel` to `queue`; returns once Redis confirmed the subscription (or the
+        hub is disconnected: it subscribes on reconnect, and bumps `generation` then)."""
+        ch = channel.encode()
+        self._routes.setdefault(ch, set()).add(queue)
+        fut = await self._sync(ch)
+        if fut is not None:
+            # A lost confirmation costs nothing: the client's id checks and idle refill cover it.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._confirm_timeout_s):
+                    await asyncio.shield(fut)
+
+    def unsubscribe(self, channel: str, queue: ClientQueue) -> None:
+        """Stop routing to `queue` at once; the wire UNSUBSCRIBE happens in the background, so
+        this is safe in a cancelled client's cleanup."""
+        ch = channel.encode()
+        queues = self._routes.get(ch)
+        if queues is None:
+            return
+        queues.discard(queue)
+        if not queues:
+            del self._routes[ch]
+            task = asyncio.get_running_loop().create_task(self._sync(ch))
+            self._syncs.add(task)
+            task.add_done_callback(self._syncs.discard)
+
+    def channels(self) -> int:
+        return len(self._routes)
+
+    def clients(self) -> int:
+        return sum(len(q) for q in self._routes.values())
+
+    async def _sync(self, ch: bytes) -> asyncio.Future[None] | None:
+        """Make the wire match the routes for one channel; returns a confirmation to await."""
+        async with self._lock:
+            ps = self._pubsub
+            if ps is None:
+                return None
+            want = ch in self._routes
+            try:
+                if want and ch not in self._wire:
+                    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                    self._pending.setdefault(ch, []).append(fut)
+                    await ps.subscribe(ch)
+                    self._wire.add(ch)
+                    return fut
+                if not want and ch in self._wire:
+                    await ps.unsubscribe(ch)
+                    self._wire.discard(ch)
+                    return None
+            except _REDIS_ERRORS as e:
+                # The reader notices the broken connection and reconnects.
+                log.info("hub: (un)subscribe failed: %s", e)
+                return None
+            if want and ch in self._pending:
+                fut = asyncio.get_running_loop().create_future()
+                self._pending[ch].append(fut)
+                return fut
+            return None
+
+    # -- the reader ------------------------------------------------------------------------
+    def _bump(self) -> None:
+        self.generation += 1
+        for queues in self._routes.values():
+            for q in queues:
+                q.notify()
+
+    async def _on_reconnect(self, _conn: object) -> None:
+        # redis-py may reconnect and resubscribe by itself; whatever was published meanwhile
+        # is lost on the channel, so clients must read the history.
+        self._bump()
+
+    def _confirm(self, ch: bytes) -> None:
+        for fut in self._pending.pop(ch, []):
+            if not fut.done():
+                fut.set_result(None)
+
+    def _confirm_all(self) -> None:
+        for ch in list(self._pending):
+            self._confirm(ch)
+
+    async def _run(self) -> None:
+        backoff_s = 0.1
+        while True:
+            ps: Any = self._client.pubsub()
+            try:
+                await ps.connect()
+                ps.connection.register_connect_callback(self._on_reconnect)
+                async with self._lock:
+                    self._pubsub = ps
+                    self._wire = set(self._routes)
+                    if self._wire:
+                        for ch in self._wire:
+                            self._pending.setdefault(ch, [])
+                        await ps.subscribe(*self._wire)
+                if self.reconnects:
+                    log.warning("hub: Redis pub/sub connection re-established")
+                self.connected = True
+                self._bump()
+                backoff_s = 0.1
+                await self._pump(ps)
+            except _REDIS_ERRORS as e:
+                if self.connected:
+                    log.warning("hub: Redis pub/sub connection lost (%s); reconnecting", e)
+                else:
+                    log.info("hub: cannot reach Redis (%s); retrying in %.1f s", e, backoff_s)
+            finally:
+                self.connected = False
+                self._pubsub = None
+                self._wire = set()
+                self._confirm_all()
+                if ps.connection is not None:
+                    ps.connection.deregister_connect_callback(self._on_reconnect)
+                with contextlib.suppress(*_REDIS_ERRORS):
+                    await ps.aclose()
+            self.reconnects += 1
+            self._bump()
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, self._reconnect_max_s)
+
+    async def _pump(self, ps: Any) -> None:
+        loop = asyncio.get_running_loop()
+        last_ping = loop.time()
+        ping_sent: float | None = None
+        while True:
+            msg = await ps.get_message(timeout=min(1.0, self._ping_interval_s))
+            now = loop.time()
+            if msg is not None:
+                kind = msg["type"]
+                if kind == "message":
+                    self._route(msg["channel"], msg["data"])
+                elif kind == "subscribe":
+                    self._confirm(msg["channel"])
+                elif kind == "pong":
+                    ping_sent = None
+            if ping_sent is not None and now - ping_sent > self._ping_timeout_s:
+                raise redis.ConnectionError("no answer to PING on the pub/sub connection")
+            if ping_sent is None and now - last_ping >= self._ping_interval_s:
+                await ps.ping("cloudops-hub")
+                last_ping = ping_sent = now
+
+    def _route(self, channel: bytes, data: bytes) -> None:
+        queues = self._routes.get(channel)
+        if not queues:
+            return
+        try:
+            ev = RawEvent.from_json(data)
+        except (EventDecodeError, UnicodeDecodeError) as e:
+            log.warning("hub: dropping a malformed message on %r: %s", channel, e)
+            return
+        self.messages += 1
+        for q in queues:
+            q.put(ev)

@@ -1,0 +1,102 @@
+"""The runtime of one relay process: its Redis clients, hub, store, authenticator, counters."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from api.auth import Authenticator
+from api.feed import AllFeed, ExecutionFeed
+from api.hub import Hub
+from api.options import RelayOptions
+from api.store import Store
+from events.keys import Keys
+from events.settings import Settings
+from worker.dispatch import Dispatcher
+
+log = logging.getLogger(__name__)
+
+DROPPED_STAT = "clients_dropped"
+
+
+def make_async_redis(url: str, **kwargs: Any) -> aioredis.Redis:
+    """Like `events.publisher.make_redis`: bounded connect and read times, never forever."""
+    opts: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
+    opts.update(kwargs)
+    return aioredis.Redis.from_url(url, **opts)
+
+
+@dataclass
+class Relay:
+    settings: Settings
+    options: RelayOptions
+    dispatcher: Dispatcher
+    redis: aioredis.Redis
+    hub: Hub
+    store: Store
+    auth: Authenticator
+    clients: dict[str, int] = field(default_factory=lambda: {"sse": 0, "ws": 0})
+
+    @classmethod
+    async def start(
+        cls, settings: Settings, dispatcher: Dispatcher, redis_url: str, options: RelayOptions
+    ) -> Relay:
+        keys = Keys(settings.key_prefix)
+        client = make_async_redis(redis_url)
+        name = f"cloudops-relay-{uuid.uuid4().hex[:8]}"
+        hub_client = make_async_redis(
+            redis_url, socket_timeout=None, health_check_interval=0, client_name=name
+        )
+        hub = Hub(
+            hub_client,
+            ping_interval_s=options.hub_ping_interval_s,
+            ping_timeout_s=options.hub_ping_timeout_s,
+            reconnect_max_s=options.hub_reconnect_max_s,
+        )
+        await hub.start()
+        auth = Authenticator(settings.api_tokens, client, keys, settings.stream_ticket_ttl_s)
+        if not auth.configured:
+            log.warning(
+                "CLOUDOPS_API_TOKENS is empty: the relay refuses every data route until a token"
+                " is configured"
+            )
+        return cls(settings, options, dispatcher, client, hub, Store(client, keys), auth)
+
+    async def stop(self) -> None:
+        await self.hub.stop()
+        await self.redis.aclose()
+
+    @property
+    def keys(self) -> Keys:
+        return self.store.keys
+
+    def execution_feed(self, execution_id: str, after: int) -> ExecutionFeed:
+        return ExecutionFeed(
+            self.hub,
+            self.store,
+            execution_id,
+            after,
+            options=self.options,
+            queue_events=self.settings.client_queue_events,
+            tick_s=self.settings.sse_ping_interval_s,
+        )
+
+    def all_feed(self) -> AllFeed:
+        return AllFeed(
+            self.hub,
+            self.store,
+            options=self.options,
+            queue_events=self.settings.client_queue_events,
+            tick_s=min(1.0, self.settings.sse_ping_interval_s),
+        )
+
+    async def note_dropped(self, kind: str, detail: str) -> None:
+        log.warning("closing a slow %s client: %s", kind, detail)
+        with contextlib.suppress(redis.RedisError, OSError):
+            await self.store.incr_stat(DROPPED_STAT)

@@ -1,0 +1,113 @@
+"""The stream routes: SSE per execution and for all executions, and the WebSocket."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import redis
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, WebSocket
+from fastapi.responses import JSONResponse
+
+from api.auth import AuthError
+from api.routes import ERRORS, NOT_FOUND, RelayDep, bearer_scheme, get_relay
+from api.sse import EventStreamResponse
+from api.ws import WsSession
+from events.errors import InvalidRequestError, UnknownExecutionError
+
+TicketQuery = Annotated[
+    str | None, Query(description="a stream ticket from POST /api/stream-tickets")
+]
+
+
+async def require_stream_auth(
+    request: Request, relay: RelayDep, ticket: TicketQuery = None
+) -> None:
+    await relay.auth.check_stream(request.headers.get("authorization"), ticket)
+
+
+SSE_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "description": "`id: <seq>`, `event: <name>`, `data: <envelope>` per event",
+    }
+}
+
+streams = APIRouter(
+    prefix="/api",
+    dependencies=[Depends(bearer_scheme), Depends(require_stream_auth)],
+    responses=ERRORS,
+)
+
+
+def _resume_point(last_event_id: str | None, after: int | None) -> int:
+    if last_event_id is not None and last_event_id.strip() != "":
+        try:
+            value = int(last_event_id.strip())
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise InvalidRequestError("Last-Event-ID", "must be a non-negative integer")
+        return value  # the header wins: EventSource sends it on every reconnect
+    return after or 0
+
+
+@streams.get(
+    "/executions/{execution_id}/events",
+    response_class=EventStreamResponse,
+    responses={
+        **SSE_DOC,
+        **NOT_FOUND,
+        204: {"description": "the execution ended at or before the resume point"},
+    },
+)
+async def execution_events(
+    execution_id: str,
+    relay: RelayDep,
+    after: Annotated[int | None, Query(ge=0, description="resume after this id")] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> Response:
+    """History after the resume point, then live; ends after execution_complete."""
+    start = _resume_point(last_event_id, after)
+    state = await relay.store.stream_state(execution_id)
+    if state is None:
+        raise UnknownExecutionError(execution_id)
+    if state.complete_id is not None and start >= state.complete_id:
+        # 204 tells EventSource not to reconnect: there is nothing more to come.
+        return Response(status_code=204)
+    return EventStreamResponse(relay, relay.execution_feed(execution_id, start))
+
+
+@streams.get("/events", response_class=EventStreamResponse, responses=SSE_DOC)
+async def all_events(relay: RelayDep) -> Response:
+    """Every event of every execution, live (no replay)."""
+    return EventStreamResponse(relay, relay.all_feed())
+
+
+ws_router = APIRouter()
+
+
+@ws_router.websocket("/api/ws")
+async def websocket_stream(
+    websocket: WebSocket, token: str | None = None, ticket: str | None = None
+) -> None:
+    """Auth by `Authorization` header, `?token=` or `?ticket=`, checked before the accept."""
+    relay = get_relay(websocket)
+    try:
+        await relay.auth.check_stream(websocket.headers.get("authorization"), ticket, token)
+    except AuthError as e:
+        await _deny(websocket, 401, e.detail)
+        return
+    except (redis.RedisError, OSError):
+        await _deny(websocket, 503, "the event store (Redis) is unavailable; retry later")
+        return
+    await websocket.accept()
+    await WsSession(websocket, relay).run()
+
+
+async def _deny(websocket: WebSocket, status: int, detail: str) -> None:
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        response = JSONResponse({"detail": detail}, status_code=status, headers=headers)
+        await websocket.send_denial_response(response)
+    else:
+        await websocket.close(code=1008 if status == 401 else 1011, reason=detail[:120])
