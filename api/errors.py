@@ -10,8 +10,10 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from api.auth import AuthError
+from api.schemas import COMMAND_TYPES
 from events.errors import (
     BusError,
     ExecutionEndedError,
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 # Where FastAPI found the value: the location word is not part of the field's name.
 _SOURCES = {"body", "query", "path", "header", "cookie"}
 _HEADER_NAMES = {"last-event-id": "Last-Event-ID"}
+# pydantic puts the discriminator's value in the location of a tagged union's errors.
+_UNION_TAGS = set(COMMAND_TYPES)
 
 
 def field_name(loc: Sequence[Any]) -> str:
@@ -33,6 +37,8 @@ def field_name(loc: Sequence[Any]) -> str:
         return "body"  # a JSON syntax error: loc is the character position
     if source == "header" and parts:
         return _HEADER_NAMES.get(str(parts[0]).lower(), str(parts[0]))
+    if source == "body" and parts and parts[0] in _UNION_TAGS:
+        parts.pop(0)
     name = ""
     for p in parts:
         name += f"[{p}]" if isinstance(p, int) else (f".{p}" if name else str(p))
@@ -42,8 +48,13 @@ def field_name(loc: Sequence[Any]) -> str:
 def error_message(err: dict[str, Any]) -> str:
     kind = err.get("type", "")
     ctx = err.get("ctx") or {}
-    if kind == "missing":
+    if kind in ("missing", "union_tag_not_found"):
         return "is required"
+    if kind == "union_tag_invalid":
+        return f"must be one of {ctx.get('expected_tags')}"
+    if kind == "string_pattern_mismatch":
+        pattern = ctx.get("pattern")
+        return "must not be blank" if pattern == r"\S" else f"must match {pattern}"
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return "must be an integer"
     if kind == "greater_than":
@@ -71,7 +82,10 @@ def validation_detail(errors: Sequence[Any]) -> str:
     if not errors:
         return "request: invalid"
     err = errors[0]
-    return f"{field_name(err.get('loc', ()))}: {error_message(err)}"
+    name = field_name(err.get("loc", ()))
+    if err.get("type", "").startswith("union_tag_"):
+        name = "commandType"  # the only tagged union of the API: the submit body
+    return f"{name}: {error_message(err)}"
 
 
 def _json(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -81,6 +95,14 @@ def _json(status: int, detail: str, headers: dict[str, str] | None = None) -> JS
 async def _validation(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     return _json(422, validation_detail(exc.errors()))
+
+
+async def _http(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 400 and "parsing the body" in str(exc.detail):
+        # FastAPI's answer to a body that is not UTF-8 / not decodable: bad input like any other.
+        return _json(422, "body: invalid JSON")
+    return _json(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
 
 async def _invalid(_: Request, exc: Exception) -> JSONResponse:
@@ -108,6 +130,7 @@ async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(InvalidRequestError, _invalid)
     app.add_exception_handler(UnknownExecutionError, _unknown)
     app.add_exception_handler(ExecutionEndedError, _ended)

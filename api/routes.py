@@ -19,6 +19,7 @@ from api.schemas import (
     ErrorBody,
     ExecutionList,
     Health,
+    PlaybookRequest,
     SubmitRequest,
     SubmitResponse,
     TicketResponse,
@@ -46,13 +47,19 @@ async def require_token(
     relay.auth.check_token(creds.credentials if creds is not None else None)
 
 
+# Errors are JSON on every route, text and event-stream routes included.
+_ERROR_JSON = {"application/json": {"schema": ErrorBody.model_json_schema()}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": _ERROR_JSON}
+
+
 ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "missing or invalid token"},
-    422: {"model": ErrorBody, "description": "bad input; the detail names the field"},
+    401: _error("missing or invalid token"),
+    422: _error("bad input; the detail names the field"),
 }
-NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorBody, "description": "unknown execution"}
-}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _error("unknown execution")}
 
 api = APIRouter(prefix="/api", dependencies=[Depends(require_token)], responses=ERRORS)
 
@@ -60,16 +67,16 @@ api = APIRouter(prefix="/api", dependencies=[Depends(require_token)], responses=
 @api.post("/executions", status_code=202, response_model=SubmitResponse)
 async def submit_execution(body: SubmitRequest, relay: RelayDep, response: Response) -> Any:
     """Start a command (`aws_cli`, `script`) or a playbook; returns its execution id."""
-    body.check()
     dispatcher = relay.dispatcher
-    if body.command_type == "playbook":
+    body.check()
+    if isinstance(body, PlaybookRequest):
         execution_id = await run_in_threadpool(
             dispatcher.submit_playbook, body.playbook, body.param_strings()
         )
     else:
         options = body.options.to_options() if body.options is not None else None
         execution_id = await run_in_threadpool(
-            dispatcher.submit_command, cast(str, body.command), body.command_type, options
+            dispatcher.submit_command, body.command, body.command_type, options
         )
     response.headers["Location"] = f"/api/executions/{execution_id}"
     return SubmitResponse(execution_id=execution_id)
@@ -117,7 +124,7 @@ async def get_output(execution_id: str, relay: RelayDep) -> Response:
     "/executions/{execution_id}/cancel",
     status_code=202,
     response_model=CancelResponse,
-    responses={**NOT_FOUND, 409: {"model": ErrorBody, "description": "already ended"}},
+    responses={**NOT_FOUND, 409: _error("already ended")},
 )
 async def cancel_execution(execution_id: str, relay: RelayDep) -> Any:
     await run_in_threadpool(relay.dispatcher.cancel, execution_id)

@@ -40,49 +40,67 @@ ParamsBody = Annotated[
 ]
 
 
-class SubmitRequest(BaseModel):
-    """A command (`aws_cli`, `script`) or a playbook to run."""
+def check_text(value: Any, field: str) -> None:
+    """Refuse strings that cannot be UTF-8 (lone surrogates from JSON `\\ud800` escapes)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidRequestError(field, "must be valid Unicode text") from e
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_text(k, field)
+            check_text(v, f"{field}.{k}" if isinstance(k, str) and k.isprintable() else field)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_text(v, f"{field}[{i}]")
+
+
+class CommandRequest(BaseModel):
+    """Run one command: `aws_cli` or `script`."""
 
     model_config = _CAMEL
 
-    command_type: Literal["aws_cli", "script", "playbook"]
-    command: str | None = None
+    command_type: Literal["aws_cli", "script"]
+    command: Annotated[str, Field(pattern=r"\S", description="not blank")]
     options: OptionsIn | None = None
-    playbook: PlaybookBody = None
+
+    def check(self) -> None:
+        check_text(self.command, "command")
+        if self.options is not None:
+            check_text(self.options.model_dump(by_alias=True), "options")
+
+
+class PlaybookRequest(BaseModel):
+    """Run a playbook given as YAML text or as an object, with its params."""
+
+    model_config = _CAMEL
+
+    command_type: Literal["playbook"]
+    playbook: PlaybookBody
     params: ParamsBody = None
 
     def check(self) -> None:
-        """What the types cannot say; raises InvalidRequestError naming the field."""
-        if self.command_type == "playbook":
-            if self.command is not None:
-                raise InvalidRequestError("command", "not allowed with commandType playbook")
-            if self.options is not None:
-                raise InvalidRequestError(
-                    "options", "not allowed with commandType playbook (set them in the playbook)"
-                )
-            if self.playbook is None:
-                raise InvalidRequestError("playbook", "is required with commandType playbook")
-            if not isinstance(self.playbook, str | dict):
-                raise InvalidRequestError("playbook", "must be YAML text or an object")
-            if self.params is not None and not isinstance(self.params, dict):
-                raise InvalidRequestError("params", "must be an object")
-            for key, value in (self.params or {}).items():
-                if not isinstance(value, str | int | float | bool):
-                    raise InvalidRequestError(
-                        f"params.{key}", "must be a string, number or boolean"
-                    )
-            return
-        for name in ("playbook", "params"):
-            if getattr(self, name) is not None:
-                raise InvalidRequestError(name, f"not allowed with commandType {self.command_type}")
-        if self.command is None or not self.command.strip():
-            raise InvalidRequestError("command", "is required and must not be empty")
+        """What the JSON types cannot say; raises InvalidRequestError naming the field."""
+        if not isinstance(self.playbook, str | dict):
+            raise InvalidRequestError("playbook", "must be YAML text or an object")
+        check_text(self.playbook, "playbook")
+        check_text(self.params, "params")
+        if self.params is not None and not isinstance(self.params, dict):
+            raise InvalidRequestError("params", "must be an object")
+        for key, value in (self.params or {}).items():
+            if not isinstance(value, str | int | float | bool):
+                raise InvalidRequestError(f"params.{key}", "must be a string, number or boolean")
 
     def param_strings(self) -> dict[str, str]:
         out: dict[str, str] = {}
         for key, value in (self.params or {}).items():
             out[key] = ("true" if value else "false") if isinstance(value, bool) else str(value)
         return out
+
+
+SubmitRequest = Annotated[CommandRequest | PlaybookRequest, Field(discriminator="command_type")]
+COMMAND_TYPES = ("aws_cli", "script", "playbook")
 
 
 class SubmitResponse(BaseModel):

@@ -2,8 +2,8 @@
 
 Each event is `id: <seq>`, `event: <name>`, `data: <envelope JSON>`. The stream opens with a
 `retry:` hint, pings with a comment line while idle, and ends after execution_complete. A
-client whose socket takes nothing for `stall_limit_s` gets a last `event: error` (if it still
-fits) and is closed; it resumes with Last-Event-ID. A plain ASGI response rather than
+client whose socket takes nothing for `stall_limit_s` gets a last `: error: ...` comment (if it
+still fits) and is closed; it resumes with Last-Event-ID. A plain ASGI response rather than
 StreamingResponse because the writer must bound every send in time.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 from typing import Literal
 
@@ -104,18 +103,19 @@ class EventStreamResponse(Response):
 
     async def _drop(self, send: Send) -> None:
         feed = self._feed
-        detail = (
-            f"client read nothing for {self._relay.options.stall_limit_s:g} s;"
-            " reconnect with Last-Event-ID to resume"
-        )
-        what = f"SSE {getattr(feed, 'execution_id', '*')} at id {feed.last_id}"
+        what = f"{getattr(feed, 'execution_id', '*')} at id {feed.last_id}"
         await self._relay.note_dropped("SSE", what)
-        body = json.dumps({"error": "slow_client", "detail": detail, "lastId": feed.last_id})
-        # The socket is full: this may not fit, and uvicorn then closes the connection.
+        # A comment, not an event: every SSE parser skips it, and EventSource reconnects with
+        # Last-Event-ID by itself. The socket is full, so it may not fit; uvicorn then closes.
+        reason = (
+            f": error: slow client, read nothing for {self._relay.options.stall_limit_s:g} s;"
+            " reconnect with Last-Event-ID to resume\n\n"
+        )
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(1.0):
-                chunk = f"event: error\ndata: {body}\n\n".encode()
-                await send({"type": "http.response.body", "body": chunk, "more_body": False})
+                await send(
+                    {"type": "http.response.body", "body": reason.encode(), "more_body": False}
+                )
 
 
 async def _wait_disconnect(receive: Receive) -> None:

@@ -53,6 +53,7 @@ def _resume_point(last_event_id: str | None, after: int | None) -> int:
 
 @streams.get(
     "/executions/{execution_id}/events",
+    status_code=200,
     response_class=EventStreamResponse,
     responses={
         **SSE_DOC,
@@ -77,7 +78,7 @@ async def execution_events(
     return EventStreamResponse(relay, relay.execution_feed(execution_id, start))
 
 
-@streams.get("/events", response_class=EventStreamResponse, responses=SSE_DOC)
+@streams.get("/events", status_code=200, response_class=EventStreamResponse, responses=SSE_DOC)
 async def all_events(relay: RelayDep) -> Response:
     """Every event of every execution, live (no replay)."""
     return EventStreamResponse(relay, relay.all_feed())

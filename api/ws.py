@@ -44,6 +44,14 @@ class _BadMessage(Exception):
         self.target = target
 
 
+def _is_text(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class WsSession:
     def __init__(self, ws: WebSocket, relay: Relay) -> None:
         self.ws = ws
@@ -104,7 +112,7 @@ class WsSession:
             await self._subscribe(msg)
         elif "unsubscribe" in msg:
             target = msg["unsubscribe"]
-            if not isinstance(target, str):
+            if not isinstance(target, str) or not _is_text(target):
                 raise _BadMessage('must be an execution id or "*"', "unsubscribe")
             task = self._subs.pop(target, None)
             if task is not None:
@@ -115,7 +123,7 @@ class WsSession:
 
     async def _subscribe(self, msg: dict[str, Any]) -> None:
         target = msg["subscribe"]
-        if not isinstance(target, str) or not 0 < len(target) <= 200:
+        if not isinstance(target, str) or not 0 < len(target) <= 200 or not _is_text(target):
             raise _BadMessage('must be an execution id or "*"', "subscribe")
         after = msg.get("after", 0)
         if after is None:

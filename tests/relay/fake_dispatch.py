@@ -81,7 +81,10 @@ class FakeDispatcher:
         *,
         source: str = "<request>",
     ) -> str:
-        doc = yaml.safe_load(playbook) if isinstance(playbook, str) else playbook
+        try:
+            doc = yaml.safe_load(playbook) if isinstance(playbook, str) else playbook
+        except yaml.YAMLError as e:
+            raise InvalidRequestError("playbook", f"{source}: not YAML: {e}") from e
         if not isinstance(doc, Mapping):
             raise InvalidRequestError("playbook", f"{source}: must be a mapping")
         steps = doc.get("steps")

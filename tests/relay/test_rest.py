@@ -107,11 +107,12 @@ def test_unknown_execution_is_404_everywhere(api: httpx.Client) -> None:
 @pytest.mark.parametrize(
     ("body", "detail"),
     [
-        ({"commandType": "script"}, "command: is required and must not be empty"),
+        ({"commandType": "script"}, "command: is required"),
+        ({"commandType": "aws_cli", "command": " \t"}, "command: must not be blank"),
         ({"command": "x"}, "commandType: is required"),
         (
             {"command": "x", "commandType": "shell"},
-            "commandType: must be one of 'aws_cli', 'script' or 'playbook'",
+            "commandType: must be one of 'aws_cli', 'script', 'playbook'",
         ),
         (
             {"command": "x", "commandType": "script", "options": {"timeout": 0}},
@@ -130,7 +131,8 @@ def test_unknown_execution_is_404_everywhere(api: httpx.Client) -> None:
             "options: must be a JSON object",
         ),
         ({"command": 5, "commandType": "script"}, "command: must be a string"),
-        ({"commandType": "playbook"}, "playbook: is required with commandType playbook"),
+        ({"commandType": "playbook"}, "playbook: is required"),
+        ({"commandType": 5}, "commandType: must be one of 'aws_cli', 'script', 'playbook'"),
         ({"commandType": "playbook", "playbook": 7}, "playbook: must be YAML text or an object"),
         (
             {"commandType": "playbook", "playbook": "steps: []"},
@@ -142,7 +144,11 @@ def test_unknown_execution_is_404_everywhere(api: httpx.Client) -> None:
         ),
         (
             {"commandType": "script", "command": "x", "playbook": "steps: []"},
-            "playbook: not allowed with commandType script",
+            "playbook: unknown field",
+        ),
+        (
+            {"commandType": "playbook", "playbook": "steps: []", "options": {}},
+            "options: unknown field",
         ),
         ([1, 2], "body: must be a JSON object"),
     ],
