@@ -1,0 +1,147 @@
+"""Dispatch (issue 3): submit -> `execution_started` received, beside a raw Celery no-op task
+(send -> the task's start notice received) on the same broker in the same run."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+
+import redis
+
+from tests.benchmarks.core import Context, Figure, Target, percentile, row
+from tests.benchmarks.fleet import Fleet, delete_prefix
+from tests.benchmarks.noop_app import make_app, send_noop
+from tests.helpers import start_process, venv_path_env
+
+WARMUP_RUNS = 3
+
+
+class EventTimes:
+    """Arrival times of every execution's started/complete events, from the all-executions
+    channel, subscribed before anything is submitted."""
+
+    def __init__(self, client: redis.Redis, channel: str) -> None:
+        self._pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+        self._pubsub.subscribe(channel)
+        while (m := self._pubsub.get_message(timeout=5.0)) is None or m["type"] != "subscribe":
+            pass
+        self.started: dict[str, float] = {}
+        self.completed: set[str] = set()
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="bench-events", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            msg = self._pubsub.get_message(timeout=0.2)
+            if msg is None or msg["type"] != "message":
+                continue
+            arrived = time.monotonic()
+            env = json.loads(msg["data"])
+            with self._cond:
+                if env["event"] == "execution_started":
+                    self.started[env["executionId"]] = arrived
+                elif env["event"] == "execution_complete":
+                    self.completed.add(env["executionId"])
+                self._cond.notify_all()
+
+    def wait_started(self, execution_id: str, timeout_s: float = 15.0) -> float:
+        with self._cond:
+            if not self._cond.wait_for(lambda: execution_id in self.started, timeout_s):
+                raise TimeoutError(f"no execution_started for {execution_id}")
+            return self.started[execution_id]
+
+    def wait_complete(self, execution_id: str, timeout_s: float = 15.0) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: execution_id in self.completed, timeout_s):
+                raise TimeoutError(f"no execution_complete for {execution_id}")
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(timeout=2)
+        self._pubsub.close()
+
+
+class RawCelery:
+    """A plain `celery worker` of the no-op app, on its own key prefix and queue."""
+
+    def __init__(self, ctx: Context, concurrency: int) -> None:
+        self.redis_url = ctx.redis_url
+        self.prefix = ctx.key_prefix("dispatch-raw")
+        self.queue = f"{self.prefix}-noop"
+        argv = [sys.executable, "-m", "tests.benchmarks.noop_app", ctx.redis_url, self.prefix]
+        argv += [self.queue, str(concurrency), f"noop@{ctx.run_id}"]
+        env = venv_path_env(dict(os.environ))
+        log_path = ctx.log_dir / "dispatch-raw-worker.log"
+        self.proc = start_process(argv, env, log_path, "noop worker")
+        self.client = redis.Redis.from_url(ctx.redis_url)
+        self.app = make_app(ctx.redis_url, self.prefix, self.queue)
+        try:
+            self.proc.wait_for_log(" ready.", timeout_s=60)
+        except BaseException:
+            self.close()
+            raise
+
+    def dispatch_ms(self) -> float:
+        """Send the no-op task; milliseconds until its start notice is received."""
+        reply_key = f"{self.prefix}:reply:{uuid.uuid4().hex[:8]}"
+        t0 = time.monotonic()
+        send_noop(self.app, self.redis_url, reply_key, self.queue)
+        if self.client.blpop([reply_key], timeout=15) is None:
+            raise TimeoutError("the no-op task did not run")
+        return (time.monotonic() - t0) * 1000
+
+    def close(self) -> None:
+        self.proc.stop(timeout_s=10)
+        self.app.close()
+        delete_prefix(self.client, self.prefix)
+        self.client.close()
+
+
+def ours_dispatch_ms(fleet: Fleet, times: EventTimes) -> float:
+    """Submit a no-op command; milliseconds until its execution_started is received."""
+    t0 = time.monotonic()
+    execution_id = fleet.submit("true")
+    started = times.wait_started(execution_id)
+    times.wait_complete(execution_id)
+    return (started - t0) * 1000
+
+
+@row("dispatch", issue=3, title="submit -> execution_started received vs raw Celery no-op")
+def dispatch_row(ctx: Context) -> list[Figure]:
+    runs = ctx.pick(50, 10)
+    raw: list[float] = []
+    mine: list[float] = []
+    # Both fleets are up at once and take turns, so that both see the same machine load.
+    with Fleet(ctx, "dispatch", concurrency=2) as fleet:
+        baseline = RawCelery(ctx, concurrency=2)
+        times = EventTimes(fleet.redis, fleet.keys.channel_all())
+        try:
+            for n in range(WARMUP_RUNS + runs):
+                r, o = baseline.dispatch_ms(), ours_dispatch_ms(fleet, times)
+                if n >= WARMUP_RUNS:
+                    raw.append(r)
+                    mine.append(o)
+        finally:
+            times.close()
+            baseline.close()
+    ctx.latency_ms["dispatch: ours"] = mine
+    ctx.latency_ms["dispatch: raw Celery"] = raw
+    return [
+        Figure(
+            "dispatch p50",
+            "ms",
+            percentile(mine, 50),
+            percentile(raw, 50),
+            "raw Celery no-op",
+            target=Target("<=", 3.0, relative=True),
+            note=f"{runs} runs each, alternating, after {WARMUP_RUNS} warm-up runs; raw: send -> "
+            "the task's start notice received (RPUSH/BLPOP)",
+        ),
+        Figure("dispatch p99", "ms", percentile(mine, 99), percentile(raw, 99), "raw Celery no-op"),
+    ]

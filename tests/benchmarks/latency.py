@@ -1,0 +1,155 @@
+"""Write-to-client latency (issue 3): a command prints one line every ms holding the time of
+its write; the client computes arrival time minus that time for every line. Ours: the command
+runs on a real worker and the client is a Follower (one per execution, each in a thread); the
+baseline: the same command read straight from its pipe. Alone, and with N at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from tests.benchmarks.core import Context, Figure, Target, percentile, row
+from tests.benchmarks.fleet import Fleet
+
+CHATTY = Path(__file__).with_name("chatty.py")
+
+
+def chatty_argv(duration_s: float, line_bytes: int = 0, go_file: Path | None = None) -> list[str]:
+    """One line per ms for `duration_s`; see chatty.py."""
+    argv = [sys.executable, "-u", str(CHATTY), str(duration_s), "1", str(line_bytes)]
+    return argv + ([str(go_file)] if go_file else [])
+
+
+class LineLatency:
+    """Arrival time minus the write time embedded in each line; lines may span chunks."""
+
+    def __init__(self) -> None:
+        self._partial = ""
+        self.samples_ms: list[float] = []
+
+    def feed(self, text: str, arrived_ns: int) -> None:
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            if line:
+                written_ns = int(line.partition(" ")[0])
+                self.samples_ms.append((arrived_ns - written_ns) / 1e6)
+
+
+def pipe_latencies(executions: int, duration_s: float) -> list[float]:
+    """The baseline: `executions` chatty commands read directly from their pipes."""
+    sel = selectors.DefaultSelector()
+    procs = []
+    collectors: dict[int, LineLatency] = {}
+    try:
+        for _ in range(executions):
+            proc = subprocess.Popen(chatty_argv(duration_s), stdout=subprocess.PIPE)
+            assert proc.stdout is not None
+            procs.append(proc)
+            fd = proc.stdout.fileno()
+            collectors[fd] = LineLatency()
+            sel.register(fd, selectors.EVENT_READ)
+        open_fds = len(collectors)
+        while open_fds:
+            for key, _ in sel.select(timeout=duration_s + 30):
+                fd = int(key.fd)
+                data = os.read(fd, 65536)
+                arrived = time.time_ns()
+                if not data:
+                    sel.unregister(fd)
+                    open_fds -= 1
+                    continue
+                collectors[fd].feed(data.decode(), arrived)
+    finally:
+        sel.close()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            assert proc.stdout is not None
+            proc.stdout.close()
+    return [s for c in collectors.values() for s in c.samples_ms]
+
+
+def worker_latencies(fleet: Fleet, executions: int, duration_s: float) -> list[float]:
+    """Ours: `executions` chatty commands on the fleet, each read by its own Follower."""
+    command = shlex.join(chatty_argv(duration_s))
+    collectors = [LineLatency() for _ in range(executions)]
+    errors: list[str] = []
+
+    def follow(execution_id: str, collector: LineLatency) -> None:
+        status = None
+        for ev in fleet.follower(execution_id, idle_timeout_s=duration_s + 60):
+            if ev.event == "execution_output":
+                arrived = time.time_ns()
+                collector.feed(json.loads(ev.data)["payload"]["output"], arrived)
+            elif ev.terminal:
+                status = json.loads(ev.data)["payload"]["status"]
+        if status != "completed":
+            errors.append(f"{execution_id}: {status}")
+
+    threads = []
+    for collector in collectors:
+        execution_id = fleet.submit(command)
+        t = threading.Thread(target=follow, args=(execution_id, collector), daemon=True)
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join(timeout=duration_s + 90)
+    if errors or any(t.is_alive() for t in threads):
+        raise AssertionError(f"chatty executions did not complete: {errors}")
+    expected_lines = int(duration_s * 1000 * 0.5)  # a loaded machine misses ticks, not half
+    short = [len(c.samples_ms) for c in collectors if len(c.samples_ms) < expected_lines]
+    if short:
+        raise AssertionError(f"executions with too few lines: {short}")
+    return [s for c in collectors for s in c.samples_ms]
+
+
+@row("latency", issue=3, title="write-to-client latency, 1 line/ms, alone and N at once")
+def latency_row(ctx: Context) -> list[Figure]:
+    many = ctx.pick(20, 5)
+    duration_s = ctx.pick(3, 1)
+    with Fleet(ctx, "latency", concurrency=many + 1) as fleet:
+        worker_latencies(fleet, 1, 0.3)  # warm-up: a pool process's first task sets it up
+        ours_1 = worker_latencies(fleet, 1, duration_s)
+        ours_n = worker_latencies(fleet, many, duration_s)
+    pipe_1 = pipe_latencies(1, duration_s)
+    pipe_n = pipe_latencies(many, duration_s)
+    ctx.latency_ms["latency 1 exec: ours"] = ours_1
+    ctx.latency_ms["latency 1 exec: pipe"] = pipe_1
+    ctx.latency_ms[f"latency {many} execs: ours"] = ours_n
+    ctx.latency_ms[f"latency {many} execs: pipe"] = pipe_n
+    figures = []
+    for label, ours, pipe, target_ms in (
+        ("1 execution", ours_1, pipe_1, 25.0),
+        (f"{many} at once", ours_n, pipe_n, 50.0),
+    ):
+        note = f"{len(ours)} lines ours, {len(pipe)} pipe; {duration_s} s per execution"
+        figures.append(
+            Figure(
+                f"latency p50, {label}",
+                "ms",
+                percentile(ours, 50),
+                percentile(pipe, 50),
+                "plain pipe",
+            )
+        )
+        figures.append(
+            Figure(
+                f"latency p99, {label}",
+                "ms",
+                percentile(ours, 99),
+                percentile(pipe, 99),
+                "plain pipe",
+                target=Target("<=", target_ms, unit="ms"),
+                note=note,
+            )
+        )
+    return figures
