@@ -54,20 +54,6 @@ def delete_prefix(client: redis.Redis, prefix: str) -> None:
         client.delete(*batch)
 
 
-def _reset_celery_pools(dispatcher: CeleryDispatcher) -> None:
-    # The Celery app is a module global that `configure()` re-points at each fleet's prefix,
-    # but it caches its broker connection pools, whose transport options (the prefix) were
-    # fixed when they were made: drop them so the next fleet's tasks reach its own queues.
-    app: Any = dispatcher.app
-    with contextlib.suppress(Exception):
-        if app._pool is not None:
-            app._pool.force_close_all()
-    app._pool = None
-    amqp = app.__dict__.get("amqp")
-    if amqp is not None:
-        amqp._producer_pool = None
-
-
 class Fleet:
     """`concurrency=0`: no worker, submitted executions stay queued."""
 
@@ -127,7 +113,7 @@ class Fleet:
         if self._dispatcher is not None:
             self._dispatcher.rt.publisher.close(timeout_s=5)
             self._dispatcher.rt.redis.close()
-            _reset_celery_pools(self._dispatcher)
+            self._dispatcher.app.close()
             self._dispatcher = None
         delete_prefix(self.redis, self.settings.key_prefix)
         self.redis.close()

@@ -123,9 +123,9 @@ def latency_row(ctx: Context) -> list[Figure]:
     pipe_1 = pipe_latencies(1, duration_s)
     pipe_n = pipe_latencies(many, duration_s)
     ctx.latency_ms["latency 1 exec: ours"] = ours_1
-    ctx.latency_ms["latency 1 exec: pipe"] = pipe_1
+    ctx.latency_ms["latency 1 exec: plain pipe"] = pipe_1
     ctx.latency_ms[f"latency {many} execs: ours"] = ours_n
-    ctx.latency_ms[f"latency {many} execs: pipe"] = pipe_n
+    ctx.latency_ms[f"latency {many} execs: plain pipe"] = pipe_n
     figures = []
     for label, ours, pipe, target_ms in (
         ("1 execution", ours_1, pipe_1, 25.0),

@@ -136,8 +136,8 @@ def fanout_row(ctx: Context) -> list[Figure]:
         fan_out(fleet, relay, 1, 0.3)  # warm-up: the pool process and the relay's first stream
         one = fan_out(fleet, relay, 1, duration_s)
         many = fan_out(fleet, relay, clients, duration_s)
-    ctx.latency_ms["relay 1 SSE client"] = one.samples_ms
-    ctx.latency_ms[f"relay {clients} SSE clients"] = many.samples_ms
+    ctx.latency_ms["fan-out 1 SSE client: ours"] = one.samples_ms
+    ctx.latency_ms[f"fan-out {clients} SSE clients: ours"] = many.samples_ms
     ctx.throughput_mb_s[f"relay to {clients} SSE"] = many.mb_s
     what = f"1 line of {FANOUT_LINE_BYTES} B per ms for {duration_s} s; every stream byte-exact"
     if many.refused_503:

@@ -96,20 +96,22 @@ def write_png(ctx: Context, title: str) -> Path | None:
     panels = int(bool(series)) + int(bool(ctx.throughput_mb_s))
     if panels == 0:
         return None
-    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 5), squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(8.5 * panels, 5.5), squeeze=False)
     ax_iter = iter(axes[0])
     if series:
         ax = next(ax_iter)
         for name, samples in sorted(series.items()):
             xs = sorted(max(s, 1e-3) for s in samples)
             ys = [(i + 1) / len(xs) for i in range(len(xs))]
-            ax.step(xs, ys, where="post", label=f"{name} (n={len(xs)})")
+            # Ours solid, baselines dashed.
+            style = "-" if name.endswith(": ours") else "--"
+            ax.step(xs, ys, style, where="post", label=f"{name} (n={len(xs)})")
         ax.set_xscale("log")
         ax.set_xlabel("latency (ms, log scale)")
         ax.set_ylabel("fraction of samples <= x")
-        ax.set_title("latency distributions")
+        ax.set_title("latency distributions (ours solid, baselines dashed)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     if ctx.throughput_mb_s:
         ax = next(ax_iter)
         names = list(ctx.throughput_mb_s)
@@ -130,6 +132,6 @@ def write_png(ctx: Context, title: str) -> Path | None:
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = ctx.out_dir / "results.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
