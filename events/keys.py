@@ -47,8 +47,17 @@ class Keys:
         return f"{self.prefix}:ticket:{ticket}"
 
     def slots(self, name: str) -> str:
-        """Sorted set of execution ids holding one of a playbook's `max_concurrent` slots."""
+        """Sorted set of execution ids holding one of a playbook's `max_concurrent` slots,
+        scored by when they took it (ms). No expiry: every ending frees its slot (the step that
+        ends the run, the reaper, the cancel of a waiting run), and a holder whose run ended
+        without freeing it is dropped when the next run of that playbook has to wait."""
         return f"{self.prefix}:slots:{name}"
+
+    def waiting(self, name: str) -> str:
+        """List (FIFO) of queued execution ids of a playbook waiting for a `max_concurrent`
+        slot. No expiry: a freed slot pops the head, and a cancelled run is removed when it is
+        cancelled (or skipped when popped), so the list drains with the runs it holds."""
+        return f"{self.prefix}:waiting:{name}"
 
     def stat(self, name: str) -> str:
         """Counter for metrics (events published, clients dropped); no expiry."""

@@ -50,6 +50,7 @@ class Reporter:
         self.execution_id = execution_id
         self.worker = worker
         self.step_id: str | None = None
+        self.step_started_at: str | None = None
 
     def started(self, command: str, command_type: CommandType, options: ExecutionOptions) -> str:
         at = utc_now()
@@ -133,7 +134,12 @@ class Reporter:
         attempt: int,
     ) -> None:
         self.step_id = step_id
-        step: dict[str, Any] = {"status": "running", "attempts": attempt}
+        self.step_started_at = utc_now()
+        step: dict[str, Any] = {
+            "status": "running",
+            "attempts": attempt,
+            "startedAt": self.step_started_at,
+        }
         if self.worker:
             step["worker"] = self.worker
         self.sink.publish(
@@ -163,9 +169,18 @@ class Reporter:
         continue_on_error: bool,
         attempts: int,
         cancelled: bool = False,
+        timed_out: bool = False,
+        started_at: str | None = None,
     ) -> None:
+        """The step's record status is completed, failed, cancelled or timeout (a failure whose
+        last attempt hit the step's timeout); `success` alone goes on the wire."""
         status = "completed" if success else ("cancelled" if cancelled else "failed")
+        if not success and timed_out and not cancelled:
+            status = "timeout"
         step: dict[str, Any] = {"status": status, "durationMs": duration_ms, "attempts": attempts}
+        started_at = started_at or self.step_started_at
+        if started_at is not None:
+            step["startedAt"] = started_at
         if exit_code is not None:
             step["exitCode"] = exit_code
         if error is not None:
@@ -189,3 +204,4 @@ class Reporter:
             record={f"step:{step_number}": json.dumps(step)},
         )
         self.step_id = None
+        self.step_started_at = None

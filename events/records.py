@@ -1,7 +1,15 @@
 """The execution record: what GET /api/executions/{id} shows, kept in a Redis hash.
 
 The publish script updates status fields atomically with the event that changes them; the
-scripts here do the transitions that happen without an event (claim, cancel request, reaping).
+scripts here do the transitions that happen without an event (claim, cancel request, reaping,
+a playbook's hand-off between steps and its `max_concurrent` slots).
+
+Fields of the hash besides the record's own: `spec` (what the worker runs), `taskId` (the Celery
+task to revoke), `cancelRequested`, `pid`/`workerPid` (the running command and pool process),
+`completeId`; for playbooks `stepQueued` (the index of the step whose task is queued and not yet
+claimed: the run is between two steps, or waits for its first), `stepIndex` (the step claimed
+last), `step:<n>` (step n's fields, see record_from_hash), and with `max_concurrent` `slotName`
+and `maxConcurrent`.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ class StepRecord(BaseModel):
     worker: str | None = None
     attempts: int | None = None
     error: str | None = None
+    started_at: str | None = None
 
 
 class ExecutionRecord(BaseModel):
@@ -61,12 +70,22 @@ class ExecutionRecord(BaseModel):
 
 
 # Returns "ok" when the caller now owns the execution, else the reason it may not run it.
+# ARGV[6] is a playbook step's index ('' for a command): only the step whose task was queued last
+# (`stepQueued`) may run, and only once. The previous step's pool process ids are dropped so
+# that the reaper never judges this run by a process of another host.
 CLAIM_LUA = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'unknown' end
 if redis.call('HEXISTS', KEYS[1], 'completeId') == 1 then return 'ended' end
 if status ~= ARGV[1] then return status end
+local step = ARGV[6]
+if step ~= '' and redis.call('HGET', KEYS[1], 'stepQueued') ~= step then return 'stale' end
 if redis.call('HGET', KEYS[1], 'cancelRequested') == '1' then return 'cancel' end
+if step ~= '' then
+  redis.call('HDEL', KEYS[1], 'stepQueued')
+  redis.call('HSET', KEYS[1], 'stepIndex', step)
+end
+redis.call('HDEL', KEYS[1], 'pid', 'workerPid')
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[2], 'taskId', ARGV[4])
 redis.call('SET', KEYS[2], ARGV[2], 'EX', tonumber(ARGV[3]))
 redis.call('SADD', KEYS[3], ARGV[5])
@@ -75,14 +94,97 @@ return 'ok'
 
 # Marks the cancel request; returns the status it found ('unknown' when there is no record,
 # 'ended:<status>' when it already ended). A queued execution becomes cancelled at once, so no
-# worker claims it afterwards; the caller then publishes its cancelled + complete events.
+# worker claims it afterwards; the caller then publishes its cancelled + complete events. A
+# playbook between two steps (its next step queued, not claimed) counts as queued: no worker
+# holds it, so the caller ends it the same way and the late step's claim refuses.
 CANCEL_LUA = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'unknown' end
 if redis.call('HEXISTS', KEYS[1], 'completeId') == 1 then return 'ended:' .. status end
 redis.call('HSET', KEYS[1], 'cancelRequested', '1')
-if status == 'queued' then redis.call('HSET', KEYS[1], 'status', 'cancelled') end
+local between = status == 'running' and redis.call('HEXISTS', KEYS[1], 'stepQueued') == 1
+if status == 'queued' or between then
+  redis.call('HDEL', KEYS[1], 'stepQueued')
+  redis.call('HSET', KEYS[1], 'status', 'cancelled')
+  return 'queued'
+end
 return status
+"""
+
+# A playbook's step ended and the next one is about to be queued: from now until its claim no
+# worker holds the run, so it leaves the running set (the reaper must not declare it lost while
+# the next step waits in a queue) and a cancel ends it at once (CANCEL_LUA). Returns 'ok',
+# 'cancel' (a cancel came first: the caller ends the run) or 'ended'.
+HAND_OFF_LUA = """
+if redis.call('HEXISTS', KEYS[1], 'completeId') == 1 then return 'ended' end
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 'ended' end
+if redis.call('HGET', KEYS[1], 'cancelRequested') == '1' then return 'cancel' end
+redis.call('HSET', KEYS[1], 'stepQueued', ARGV[1], 'taskId', ARGV[2])
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[3])
+return 'ok'
+"""
+
+# The reaper's decision, taken atomically with what it checks: the run is still in the running
+# set, running, not between two steps, and its lease expired (or, with ARGV[2], its pool process
+# ARGV[2] died and no later claim replaced it). A scan reads the running set, the record and the
+# lease one after the other; a playbook handing off to its next step in between would otherwise
+# look lost. Marks it failed at once so that no later claim or hand-off of it succeeds.
+MARK_LOST_LUA = """
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'completeId') == 1 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'stepQueued') == 1 then return 0 end
+if ARGV[2] == '' then
+  if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+elseif redis.call('HGET', KEYS[1], 'workerPid') ~= ARGV[2] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'status', 'failed')
+redis.call('SREM', KEYS[3], ARGV[1])
+return 1
+"""
+
+# A queued playbook that got its slot: mark its first step queued. Returns 'ok', or the status
+# that stops it (a cancelled run must give its slot back).
+QUEUE_FIRST_LUA = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'unknown' end
+if redis.call('HEXISTS', KEYS[1], 'completeId') == 1 then return 'ended' end
+if status ~= 'queued' then return status end
+if redis.call('HGET', KEYS[1], 'cancelRequested') == '1' then return 'cancel' end
+redis.call('HSET', KEYS[1], 'stepQueued', '0', 'taskId', ARGV[1])
+return 'ok'
+"""
+
+# Take one of `max` slots (ARGV[2]) or join the waiting list: 'ok' or 'wait'. Invariant kept
+# with RELEASE_SLOT_LUA: runs wait only while every slot is taken, in submission order.
+TAKE_SLOT_LUA = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 'ok' end
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) and redis.call('LLEN', KEYS[2]) == 0 then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  return 'ok'
+end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+return 'wait'
+"""
+
+# Give a slot back and hand the free slots to the runs waiting longest; returns those runs (the
+# caller starts them, or releases them again if they were cancelled meanwhile). A run that held
+# no slot is only taken off the waiting list, so a double release promotes nobody.
+RELEASE_SLOT_LUA = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
+  redis.call('LREM', KEYS[2], 0, ARGV[1])
+  return {}
+end
+local promoted = {}
+while redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) do
+  local nxt = redis.call('LPOP', KEYS[2])
+  if not nxt then break end
+  redis.call('ZADD', KEYS[1], ARGV[3], nxt)
+  table.insert(promoted, nxt)
+end
+return promoted
 """
 
 
@@ -93,6 +195,11 @@ class RecordStore:
         self._settings = settings
         self._claim = client.register_script(CLAIM_LUA)
         self._cancel = client.register_script(CANCEL_LUA)
+        self._hand_off = client.register_script(HAND_OFF_LUA)
+        self._mark_lost = client.register_script(MARK_LOST_LUA)
+        self._queue_first = client.register_script(QUEUE_FIRST_LUA)
+        self._take_slot = client.register_script(TAKE_SLOT_LUA)
+        self._release_slot = client.register_script(RELEASE_SLOT_LUA)
 
     def create(
         self,
@@ -104,6 +211,7 @@ class RecordStore:
         queued_at: str,
         spec: Mapping[str, Any] | None = None,
         steps: list[StepRecord] | None = None,
+        extra: Mapping[str, str] | None = None,
     ) -> None:
         key = self._keys.record(execution_id)
         fields: dict[str, str] = {
@@ -118,6 +226,7 @@ class RecordStore:
             fields["spec"] = json.dumps(dict(spec))
         if steps is not None:
             fields["steps"] = json.dumps([s.model_dump(by_alias=True) for s in steps])
+        fields.update(extra or {})
         now_ms = int(time.time() * 1000)
         pipe = self._redis.pipeline(transaction=True)
         pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
@@ -135,6 +244,10 @@ class RecordStore:
     def field(self, execution_id: str, name: str) -> str | None:
         v = self._redis.hget(self._keys.record(execution_id), name)
         return None if v is None else _s(v)
+
+    def fields(self, execution_id: str, *names: str) -> list[str | None]:
+        values: list[Any] = self._redis.hmget(self._keys.record(execution_id), list(names))
+        return [None if v is None else _s(v) for v in values]
 
     def get(self, execution_id: str) -> ExecutionRecord | None:
         raw = self.raw(execution_id)
@@ -171,14 +284,69 @@ class RecordStore:
             self._keys.record(execution_id), mapping={k: str(v) for k, v in fields.items()}
         )
 
-    def claim(self, execution_id: str, worker: str, task_id: str, *, expect: str = "queued") -> str:
-        """Take a queued execution for this worker; returns 'ok' or why not."""
+    def claim(
+        self,
+        execution_id: str,
+        worker: str,
+        task_id: str,
+        *,
+        expect: str = "queued",
+        step: int | None = None,
+    ) -> str:
+        """Take an execution in status `expect` for this worker; returns 'ok' or why not.
+
+        For a playbook, `step` is the index of the step to run: it must be the one queued
+        ('stale' otherwise), and `expect` is 'running' for every step after the first.
+        """
         k = self._keys
         res = self._claim(
             keys=[k.record(execution_id), k.lease(execution_id), k.running()],
-            args=[expect, worker, self._settings.lease_ttl_s, task_id, execution_id],
+            args=[
+                expect,
+                worker,
+                self._settings.lease_ttl_s,
+                task_id,
+                execution_id,
+                "" if step is None else str(step),
+            ],
         )
         return _s(res)
+
+    def hand_off(self, execution_id: str, step: int, task_id: str) -> str:
+        """Between two steps: mark step `step` queued as task `task_id` and let the run go
+        (lease and running set); 'ok', 'cancel' or 'ended' (see HAND_OFF_LUA)."""
+        k = self._keys
+        res = self._hand_off(
+            keys=[k.record(execution_id), k.lease(execution_id), k.running()],
+            args=[step, task_id, execution_id],
+        )
+        return _s(res)
+
+    def queue_first_step(self, execution_id: str, task_id: str) -> str:
+        """A queued playbook is about to send its first step's task; 'ok' or what stops it."""
+        return _s(self._queue_first(keys=[self._keys.record(execution_id)], args=[task_id]))
+
+    def take_slot(self, execution_id: str, name: str, limit: int) -> bool:
+        """One of the `limit` slots of playbook `name`; False: the run joined the waiting list."""
+        k = self._keys
+        res = self._take_slot(
+            keys=[k.slots(name), k.waiting(name)],
+            args=[execution_id, limit, int(time.time() * 1000)],
+        )
+        return _s(res) == "ok"
+
+    def release_slot(self, execution_id: str, name: str, limit: int) -> list[str]:
+        """Free the run's slot (or its place in the waiting list); the runs given a slot."""
+        k = self._keys
+        res: Any = self._release_slot(
+            keys=[k.slots(name), k.waiting(name)],
+            args=[execution_id, limit, int(time.time() * 1000)],
+        )
+        return [_s(x) for x in res]
+
+    def slot_holders(self, name: str) -> list[str]:
+        holders: Any = self._redis.zrange(self._keys.slots(name), 0, -1)
+        return [_s(x) for x in holders]
 
     def renew_lease(self, execution_id: str, worker: str) -> None:
         self._redis.set(self._keys.lease(execution_id), worker, ex=self._settings.lease_ttl_s)
@@ -197,6 +365,16 @@ class RecordStore:
 
     def running_ids(self) -> list[str]:
         return [_s(x) for x in self._redis.smembers(self._keys.running())]
+
+    def mark_lost(self, execution_id: str, dead_pool_pid: int | None = None) -> bool:
+        """Take a running execution from the running set as lost, if it still is (see
+        MARK_LOST_LUA); True when the caller must now end it."""
+        k = self._keys
+        res = self._mark_lost(
+            keys=[k.record(execution_id), k.lease(execution_id), k.running()],
+            args=[execution_id, "" if dead_pool_pid is None else str(dead_pool_pid)],
+        )
+        return bool(res)
 
     def lease_alive(self, execution_id: str) -> bool:
         return bool(self._redis.exists(self._keys.lease(execution_id)))
