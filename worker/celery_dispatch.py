@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from events.errors import ExecutionEndedError, InvalidRequestError, UnknownExecutionError
+from events.errors import ExecutionEndedError, UnknownExecutionError
 from events.lifecycle import Reporter
 from events.models import ExecutionOptions, utc_now
 from events.settings import Settings
 from worker.app import TASK_RUN_COMMAND, client_app
 from worker.commands import validate_command
+from worker.dispatch import new_execution_id
+from worker.finish import celery_step_sender, finish
+from worker.playbook import submit_playbook
 from worker.runner import cancel_unstarted
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-
-def new_execution_id() -> str:
-    return "ex_" + uuid.uuid4().hex[:20]
+__all__ = ["CeleryDispatcher", "new_execution_id"]
 
 
 class CeleryDispatcher:
@@ -28,6 +28,7 @@ class CeleryDispatcher:
         self.settings = settings
         self.app = client_app(settings)
         self.rt = runtime or Runtime.build(settings)
+        self.send_step = celery_step_sender(self.app, settings.default_queue)
 
     def submit_command(
         self, command: str, command_type: str, options: ExecutionOptions | None = None
@@ -59,7 +60,8 @@ class CeleryDispatcher:
         *,
         source: str = "<request>",
     ) -> str:
-        raise InvalidRequestError("commandType", "playbooks are not supported yet")
+        """Validate (PlaybookError before anything exists), record and queue a playbook run."""
+        return submit_playbook(self.rt, self.send_step, playbook, params, source=source)
 
     def cancel(self, execution_id: str) -> None:
         found = self.rt.records.request_cancel(execution_id)
@@ -67,11 +69,17 @@ class CeleryDispatcher:
             raise UnknownExecutionError(execution_id)
         if found.startswith("ended:"):
             raise ExecutionEndedError(execution_id, found.removeprefix("ended:"))
-        task_id = self.rt.records.field(execution_id, "taskId") or execution_id
+        task_id, started_at = self.rt.records.fields(execution_id, "taskId", "startedAt")
+        task_id = task_id or execution_id
         if found == "queued":
-            # Discarded by whichever worker receives it; the claim refuses it anyway.
+            # Queued, waiting for a playbook slot, or a playbook between two steps: no worker
+            # holds it. The task is discarded by whichever worker receives it; the claim
+            # refuses it anyway.
             self.app.control.revoke(task_id)
-            cancel_unstarted(Reporter(self.rt.publisher, execution_id), wait=True)
+            cancel_unstarted(
+                Reporter(self.rt.publisher, execution_id), wait=True, started_at=started_at
+            )
+            finish(self.rt, execution_id, self.send_step)
             return
         # Running: the worker's SIGTERM handler kills the command's whole session. If this
         # broadcast is missed, the watchdog sees the cancel mark within cancel_poll_interval_s.

@@ -7,10 +7,15 @@ and `worker.embedded.EmbeddedDispatcher` runs in-process. Both validate input an
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 from events.models import ExecutionOptions
+
+
+def new_execution_id() -> str:
+    return "ex_" + uuid.uuid4().hex[:20]
 
 
 class Dispatcher(Protocol):

@@ -12,7 +12,6 @@ import json
 import queue
 import socket
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -30,8 +29,11 @@ from events.models import (
 from events.records import ExecutionRecord, record_from_hash
 from events.settings import Settings
 from worker.commands import command_spec, validate_command
+from worker.dispatch import new_execution_id
 from worker.executor import Executor, StopReason
+from worker.playbook import PreparedPlaybook, prepare_playbook
 from worker.runner import cancel_unstarted, run_command
+from worker.steps import play
 
 Listener = Callable[[str, RawEvent], None]
 
@@ -137,13 +139,16 @@ class EmbeddedDispatcher:
         self._executors: dict[str, Executor] = {}
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
+        # max_concurrent: runs holding a slot per playbook name; waiters wait on the condition.
+        self._slots: dict[str, int] = {}
+        self._slot_freed = threading.Condition(self._lock)
 
     def submit_command(
         self, command: str, command_type: str, options: ExecutionOptions | None = None
     ) -> str:
         validate_command(command, command_type)
         opts = options or ExecutionOptions()
-        execution_id = "ex_" + uuid.uuid4().hex[:20]
+        execution_id = new_execution_id()
         self.bus.create(
             execution_id,
             {
@@ -169,7 +174,7 @@ class EmbeddedDispatcher:
         """Like submit_command, but runs in the calling thread (the CLI's embedded run)."""
         validate_command(command, command_type)
         opts = options or ExecutionOptions()
-        execution_id = "ex_" + uuid.uuid4().hex[:20]
+        execution_id = new_execution_id()
         self.bus.create(
             execution_id,
             {"command": command, "commandType": command_type, "status": "queued"},
@@ -185,9 +190,27 @@ class EmbeddedDispatcher:
         *,
         source: str = "<request>",
     ) -> str:
-        from events.errors import InvalidRequestError
-
-        raise InvalidRequestError("commandType", "playbooks are not supported yet")
+        """Validate (PlaybookError before anything exists), then run it in a thread."""
+        prepared = prepare_playbook(playbook, params, source=source)
+        execution_id = new_execution_id()
+        self.bus.create(
+            execution_id,
+            {
+                "command": prepared.name,
+                "commandType": "playbook",
+                "status": "queued",
+                "options": json.dumps(prepared.options.wire()),
+                "queuedAt": utc_now(),
+                "steps": json.dumps([s.model_dump(by_alias=True) for s in prepared.step_records()]),
+            },
+        )
+        threading.Thread(
+            target=self._run_playbook,
+            args=(execution_id, prepared),
+            name=f"cloudops-{execution_id}",
+            daemon=True,
+        ).start()
+        return execution_id
 
     def cancel(self, execution_id: str) -> None:
         rec = self.bus.record(execution_id)
@@ -198,6 +221,7 @@ class EmbeddedDispatcher:
         with self._lock:
             self._cancelled.add(execution_id)
             executor = self._executors.get(execution_id)
+            self._slot_freed.notify_all()  # a run waiting for a slot gives up
         if executor is not None:
             executor.request_stop(StopReason.CANCELLED)
 
@@ -210,6 +234,57 @@ class EmbeddedDispatcher:
                 cancel_unstarted(reporter)
                 return
         spec = command_spec(command, command_type, opts)
+        run_command(
+            reporter,
+            self.settings,
+            command=command,
+            command_type=command_type,
+            options=opts,
+            spec=spec,
+            watch=self._watcher(execution_id),
+            cancel_confirmed=lambda: execution_id in self._cancelled,
+        )
+
+    def _run_playbook(self, execution_id: str, prepared: PreparedPlaybook) -> None:
+        reporter = Reporter(self.bus, execution_id, worker=self.worker)
+        name, limit = prepared.name, prepared.max_concurrent
+        if not self._take_slot(execution_id, name, limit):
+            cancel_unstarted(reporter)
+            return
+        try:
+            play(
+                reporter,
+                self.settings,
+                name,
+                prepared.options,
+                prepared.steps,
+                watch=self._watcher(execution_id),
+                cancel_confirmed=lambda: execution_id in self._cancelled,
+            )
+        finally:
+            self._release_slot(name, limit)
+
+    def _take_slot(self, execution_id: str, name: str, limit: int | None) -> bool:
+        """Wait (queued) for one of the playbook's `limit` slots; False if cancelled first."""
+        with self._lock:
+            while limit and self._slots.get(name, 0) >= limit:
+                if execution_id in self._cancelled:
+                    return False
+                self._slot_freed.wait()
+            if execution_id in self._cancelled:
+                return False
+            if limit:
+                self._slots[name] = self._slots.get(name, 0) + 1
+            return True
+
+    def _release_slot(self, name: str, limit: int | None) -> None:
+        if limit:
+            with self._lock:
+                self._slots[name] -= 1
+                self._slot_freed.notify_all()
+
+    def _watcher(self, execution_id: str) -> Callable[[Executor], Any]:
+        """Per attempt: make the executor reachable by cancel(), and stop it if already asked."""
 
         @contextlib.contextmanager
         def watch(executor: Executor) -> Iterator[None]:
@@ -223,13 +298,4 @@ class EmbeddedDispatcher:
                 with self._lock:
                     self._executors.pop(execution_id, None)
 
-        run_command(
-            reporter,
-            self.settings,
-            command=command,
-            command_type=command_type,
-            options=opts,
-            spec=spec,
-            watch=watch,
-            cancel_confirmed=lambda: execution_id in self._cancelled,
-        )
+        return watch

@@ -123,6 +123,9 @@ class Executor:
         t0 = time.monotonic()
         start_error = self._start()
         if start_error is not None:
+            if self._stop_reason is not None:
+                # Stopped before the command started (a cancel between two attempts of a step).
+                return self._stopped(self._stop_reason, None, t0, "", None)
             return RunResult("failed", None, start_error, _ms(t0))
         assert self.proc is not None
         if self._on_start is not None:
@@ -268,20 +271,26 @@ class Executor:
         exit_code = code if code >= 0 else 128 - code
         reason = self._stop_reason
         partial = self._tail.text()
-        if reason is StopReason.CANCELLED:
-            return RunResult("cancelled", exit_code, None, _ms(t0), reason, partial, proc.pid)
-        if reason is StopReason.WORKER_LOST:
-            err = "worker lost: the worker process running this execution died"  # see runner
-            return RunResult("failed", exit_code, err, _ms(t0), reason, partial, proc.pid)
-        if reason is StopReason.SHUTDOWN:
-            err = "worker shut down while the command ran"
-            return RunResult("failed", exit_code, err, _ms(t0), reason, partial, proc.pid)
+        if reason is not None:
+            return self._stopped(reason, exit_code, t0, partial, proc.pid)
         if timed_out:
             err = f"timed out after {self.spec.timeout_s:g} s"
             return RunResult("timeout", exit_code, err, _ms(t0), None, partial, proc.pid)
         if code == 0:
             return RunResult("completed", 0, None, _ms(t0), None, partial, proc.pid)
         return RunResult("failed", exit_code, _exit_error(code), _ms(t0), None, partial, proc.pid)
+
+    @staticmethod
+    def _stopped(
+        reason: StopReason, exit_code: int | None, t0: float, partial: str, pid: int | None
+    ) -> RunResult:
+        if reason is StopReason.CANCELLED:
+            return RunResult("cancelled", exit_code, None, _ms(t0), reason, partial, pid)
+        if reason is StopReason.WORKER_LOST:
+            err = "worker lost: the worker process running this execution died"  # see runner
+        else:
+            err = "worker shut down while the command ran"
+        return RunResult("failed", exit_code, err, _ms(t0), reason, partial, pid)
 
 
 def _exit_error(code: int) -> str:

@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from events.lifecycle import Reporter
 from events.masking import Masker
@@ -21,6 +21,7 @@ from events.models import CommandType, ExecutionOptions, utc_now
 from events.settings import Settings
 from worker.commands import command_spec
 from worker.executor import CommandSpec, Executor, RunResult, StopReason
+from worker.finish import StepSender, finish
 from worker.runtime import Runtime
 from worker.watchdog import Watchdog
 
@@ -54,8 +55,12 @@ def executor_for(
     )
 
 
+class Stoppable(Protocol):
+    def request_stop(self, reason: StopReason = StopReason.CANCELLED) -> None: ...
+
+
 @contextlib.contextmanager
-def sigterm_stops(executor: Executor) -> Iterator[None]:
+def sigterm_stops(executor: Stoppable) -> Iterator[None]:
     """Celery's revoke(terminate=True) sends SIGTERM to the pool process running the task;
     billiard would turn it into SystemExit and orphan the command's tree. Instead, we stop the
     executor, which kills the whole session and reports."""
@@ -64,7 +69,7 @@ def sigterm_stops(executor: Executor) -> Iterator[None]:
         return
 
     def on_sigterm(*_: object) -> None:
-        # Also the parent-death signal (see worker.tasks): report_result tells them apart.
+        # Also the parent-death signal (see worker.tasks): classify_stop tells them apart.
         executor.request_stop(StopReason.CANCELLED)
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
@@ -84,13 +89,7 @@ def report_result(
     wait: bool = False,
 ) -> str:
     """Publish how the run ended; return the execution's status."""
-    if result.stop_reason is StopReason.CANCELLED and not cancel_confirmed():
-        # A SIGTERM with no cancel request: our worker died (the kernel's parent-death signal;
-        # we were re-parented) or it is being shut down; either way not the user's doing.
-        result.status = "failed"
-        result.error = (
-            WORKER_LOST_ERROR if os.getppid() != parent_pid else "worker shut down while running"
-        )
+    classify_stop(result, cancel_confirmed=cancel_confirmed, parent_pid=parent_pid)
     if result.status == "cancelled":
         reporter.cancelled(CANCEL_REASON, result.partial_output)
         reporter.complete("cancelled", started_at, wait=wait)
@@ -100,6 +99,21 @@ def report_result(
     exit_code = result.exit_code if status in ("completed", "failed") else None
     reporter.complete(status, started_at, exit_code=exit_code, error=result.error, wait=wait)  # type: ignore[arg-type]
     return status
+
+
+def classify_stop(
+    result: RunResult, *, cancel_confirmed: Callable[[], bool], parent_pid: int
+) -> RunResult:
+    """A stop nobody asked for is not a cancel: turn it into the failure it is, in place."""
+    if result.stop_reason is StopReason.CANCELLED and not cancel_confirmed():
+        # A SIGTERM with no cancel request: our worker died (the kernel's parent-death signal;
+        # we were re-parented) or it is being shut down; either way not the user's doing.
+        result.status = "failed"
+        if os.getppid() != parent_pid:
+            result.error, result.stop_reason = WORKER_LOST_ERROR, StopReason.WORKER_LOST
+        else:
+            result.error, result.stop_reason = "worker shut down while running", StopReason.SHUTDOWN
+    return result
 
 
 def run_command(
@@ -128,20 +142,36 @@ def run_command(
     )
 
 
-def cancel_unstarted(reporter: Reporter, *, wait: bool = False) -> None:
-    """A cancelled execution that never started still ends with cancelled + complete."""
-    at = utc_now()
+def cancel_unstarted(
+    reporter: Reporter, *, wait: bool = False, started_at: str | None = None
+) -> None:
+    """A cancelled execution with nothing running still ends with cancelled + complete.
+    `started_at`: when it started (a playbook cancelled between two steps), if it did."""
+    at = started_at or utc_now()
     reporter.cancelled(CANCEL_REASON, "")
     reporter.complete("cancelled", at, wait=wait)
 
 
-def run_queued_command(rt: Runtime, execution_id: str, *, worker: str, task_id: str) -> str:
+def pid_recorder(rt: Runtime, execution_id: str) -> Callable[[int], None]:
+    """Record the command's and the pool process's pids (for the reaper of this host)."""
+
+    def on_start(pid: int) -> None:
+        with contextlib.suppress(Exception):
+            rt.records.update(execution_id, {"pid": pid, "workerPid": os.getpid()})
+
+    return on_start
+
+
+def run_queued_command(
+    rt: Runtime, execution_id: str, *, worker: str, task_id: str, send: StepSender
+) -> str:
     """The Celery task's body: claim, run, report, release."""
     claim = rt.records.claim(execution_id, worker, task_id)
     reporter = Reporter(rt.publisher, execution_id, worker=worker)
     if claim == "cancel":
         cancel_unstarted(reporter)
         rt.publisher.flush(30)
+        finish(rt, execution_id, send)
         return "cancelled"
     if claim != "ok":
         # Already ended, already running elsewhere, or unknown: never run twice.
@@ -154,10 +184,6 @@ def run_queued_command(rt: Runtime, execution_id: str, *, worker: str, task_id: 
         command_type = spec_data.get("commandType", "script")
         spec = command_spec(command, command_type, options)
 
-        def on_start(pid: int) -> None:
-            with contextlib.suppress(Exception):
-                rt.records.update(execution_id, {"pid": pid, "workerPid": os.getpid()})
-
         def watch(executor: Executor) -> Watchdog:
             return Watchdog(rt, execution_id, worker, executor)
 
@@ -169,17 +195,18 @@ def run_queued_command(rt: Runtime, execution_id: str, *, worker: str, task_id: 
             options=options,
             spec=spec,
             watch=watch,
-            cancel_confirmed=lambda: _cancel_confirmed(rt, execution_id),
-            on_start=on_start,
+            cancel_confirmed=lambda: cancel_confirmed_in(rt, execution_id),
+            on_start=pid_recorder(rt, execution_id),
         )
     finally:
         rt.publisher.flush(60)
         rt.publisher.forget(execution_id)
         with contextlib.suppress(Exception):
-            rt.records.release(execution_id)
+            finish(rt, execution_id, send)
 
 
-def _cancel_confirmed(rt: Runtime, execution_id: str) -> bool:
+def cancel_confirmed_in(rt: Runtime, execution_id: str) -> bool:
+    """Whether a SIGTERM was the user's cancel (the mark in Redis) or something else."""
     try:
         return rt.records.cancel_requested(execution_id)
     except Exception:  # Redis unreachable: trust the signal

@@ -8,16 +8,41 @@ from typing import Any
 from billiard.util import set_pdeathsig
 from celery.signals import worker_process_init
 
-from worker.app import TASK_RUN_COMMAND, app, current_settings
+from worker.app import TASK_RUN_COMMAND, TASK_RUN_STEP, app, current_settings
+from worker.finish import StepSender, celery_step_sender
+from worker.playbook import run_playbook_step
 from worker.runner import run_queued_command
 from worker.runtime import get_runtime
+
+
+def step_sender() -> StepSender:
+    """Sends playbook steps through this worker's app (a finishing run starts waiting ones)."""
+    return celery_step_sender(app, current_settings().default_queue)
 
 
 @app.task(name=TASK_RUN_COMMAND, bind=True)  # type: ignore[untyped-decorator]
 def run_command_task(self: Any, execution_id: str) -> str:
     rt = get_runtime(current_settings())
     return run_queued_command(
-        rt, execution_id, worker=str(self.request.hostname), task_id=str(self.request.id)
+        rt,
+        execution_id,
+        worker=str(self.request.hostname),
+        task_id=str(self.request.id),
+        send=step_sender(),
+    )
+
+
+@app.task(name=TASK_RUN_STEP, bind=True)  # type: ignore[untyped-decorator]
+def run_playbook_step_task(self: Any, execution_id: str, index: int) -> str:
+    """Step `index` (0-based) of a playbook run; queues the next step when it ends."""
+    rt = get_runtime(current_settings())
+    return run_playbook_step(
+        rt,
+        execution_id,
+        index,
+        worker=str(self.request.hostname),
+        task_id=str(self.request.id),
+        send=step_sender(),
     )
 
 
