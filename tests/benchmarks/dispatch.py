@@ -96,6 +96,19 @@ class RawCelery:
             raise TimeoutError("the no-op task did not run")
         return (time.monotonic() - t0) * 1000
 
+    def drain_per_s(self, tasks: int, timeout_s: float = 120.0) -> float:
+        """Send `tasks` no-op tasks at once; tasks per second until the last one started."""
+        reply_key = f"{self.prefix}:drain:{uuid.uuid4().hex[:8]}"
+        t0 = time.monotonic()
+        for _ in range(tasks):
+            send_noop(self.app, self.redis_url, reply_key, self.queue)
+        deadline = t0 + timeout_s
+        while int(self.client.llen(reply_key)) < tasks:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{tasks} no-op tasks did not all run in {timeout_s:g} s")
+            time.sleep(0.005)
+        return tasks / (time.monotonic() - t0)
+
     def close(self) -> None:
         self.proc.stop(timeout_s=10)
         self.app.close()

@@ -1,10 +1,11 @@
-"""Rows reserved for parts of the system that other work provides (issue 8's full table).
+"""Rows reserved for work not measured yet (issue 8's full table).
 
-Each is a `slot`: it shows as pending in the table until the module it needs exists and a row
-function replaces the slot (register it with `@row` under the same name, here).
+Each is a `slot`: it shows in the table as pending, with what it waits for, until a row
+function replaces it (register it with `@row` under the same name, in its own module, listed in
+`runner.ROW_MODULES`).
 
-- batch (issue 4): drain N queued playbooks (worker/playbook.py) vs the raw Celery no-op
-  throughput of `noop_app` on the same broker, executions/s.
+- latency-100 (issue 8): write-to-client latency with 100 chatty executions at once. It needs
+  a fleet with 100 free slots; one 2-core machine runs 20 (the `latency` row).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from __future__ import annotations
 from tests.benchmarks.core import slot
 
 slot(
-    "batch",
-    issue=4,
-    title="batch drain of playbooks vs raw Celery no-op throughput",
-    needs=("worker.playbook",),
+    "latency-100",
+    issue=8,
+    title="write-to-client latency, 100 chatty executions at once",
+    needs=("tests.benchmarks.latency_fleet",),
 )

@@ -23,7 +23,16 @@ from tests.helpers import REPO
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # Importing these registers their rows; the table follows this order.
-ROW_MODULES = ("throughput", "latency", "cancel", "dispatch", "memory", "relay", "pending")
+ROW_MODULES = (
+    "throughput",
+    "latency",
+    "cancel",
+    "dispatch",
+    "memory",
+    "batch",
+    "relay",
+    "pending",
+)
 
 
 def load_rows() -> None:
