@@ -100,6 +100,7 @@ class Executor:
         self._grace_s = kill_grace_s
         self._on_start = on_start
         self._stop_reason: StopReason | None = None
+        self._session_empty = False  # seen empty after the leader ended
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -228,9 +229,15 @@ class Executor:
                     leader_done = True
                     give_up_at = now + self._grace_s + 1.0
                     # The leader is gone: whatever it left in its session goes too, now.
-                    if kill_at is None and session_members(proc.pid, None):
-                        signal_session(proc.pid, signal.SIGTERM)
-                        kill_at = now + min(self._grace_s, 1.0)
+                    if kill_at is None:
+                        if session_members(proc.pid, None):
+                            signal_session(proc.pid, signal.SIGTERM)
+                            kill_at = now + min(self._grace_s, 1.0)
+                        else:
+                            # Only a member can add a member: an empty session stays empty,
+                            # and _finish need not scan /proc again (half of a short
+                            # command's cost in a worker).
+                            self._session_empty = True
                 if kill_at is None and (
                     self._stop_reason is not None or (deadline is not None and now >= deadline)
                 ):
@@ -265,7 +272,9 @@ class Executor:
         code = proc.wait()
         # The pipes are closed, but a member that closed them may still live: make sure.
         deadline = time.monotonic() + self._grace_s
-        while session_members(proc.pid) and time.monotonic() < deadline:
+        while not self._session_empty and session_members(proc.pid):
+            if time.monotonic() >= deadline:
+                break
             signal_session(proc.pid, signal.SIGKILL)
             time.sleep(0.01)
         exit_code = code if code >= 0 else 128 - code

@@ -15,11 +15,18 @@ import signal
 
 def _stat(pid: int) -> tuple[str, int, int] | None:
     """(state, ppid, sid) of a process, or None if it is gone."""
+    # os.open/os.read rather than open(): a scan reads every process's stat, and the buffered
+    # file object costs more than the read itself.
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
     except OSError:
         return None
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     # The command name may hold spaces and parentheses: split after the last ')'.
     rest = data[data.rfind(b")") + 2 :].split()
     return rest[0].decode(), int(rest[1]), int(rest[3])
