@@ -468,10 +468,14 @@ def test_max_concurrent_one_never_overlaps(
         name=name,
         max_concurrent=1,
     )
-    ids = [dispatcher.submit_playbook(deploy) for _ in range(10)]
+    ids = [dispatcher.submit_playbook(deploy) for _ in range(11)]
     # One runs, the rest wait queued (not failed) for the slot.
     queued = [record(dispatcher, ex).status for ex in ids].count("queued")
-    assert queued >= 8
+    assert queued >= 9
+    # A waiting run can be cancelled: it leaves the waiting list and never starts.
+    gone = ids.pop()
+    dispatcher.cancel(gone)
+    assert [e.event for e in collect(gone)] == ["execution_cancelled", "execution_complete"]
     intervals = []
     for ex in ids:
         events = collect(ex)
