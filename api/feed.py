@@ -3,9 +3,10 @@
 `ExecutionFeed` registers its inbox with the hub before it reads the history, so every event is
 either in that read or arrives live afterwards. It then takes live events in id order, dropping
 ids it already has. It reads the history again from its last id whenever an id jumps, its
-inbox overflowed (the client was too slow), the hub's connection was re-established, or
-nothing arrived for `idle_refill_s`. History pages are bounded in bytes, so a client catching
-up holds at most one page and its inbox.
+inbox overflowed (the client was too slow), the hub's connection was re-established, the hub
+found that the channel lost a message, or (a last resort) nothing arrived for
+`idle_refill_s`. History pages are bounded in bytes, so a client catching up holds at most one
+page and its inbox.
 
 `AllFeed` is the live stream of every execution (no replay), with the same repair per execution
 it has seen: an id jump, an overflow or a reconnect makes it read the missing ids from history.
@@ -79,7 +80,8 @@ class ExecutionFeed:
         """Register with the hub (before any history read)."""
         if not self._opened:
             self._opened = True
-            await self._hub.subscribe(self._channel, self._queue)
+            seq_key = self._store.keys.seq(self.execution_id)
+            await self._hub.subscribe(self._channel, self._queue, seq_key=seq_key)
 
     def close(self) -> None:
         if self._opened:
@@ -139,7 +141,7 @@ class ExecutionFeed:
                 self.done = True
             last_seen = loop.time()
             while not self.done:
-                if q.overflowed or hub.generation != generation:
+                if q.needs_history or hub.generation != generation:
                     self.overflows += q.overflowed
                     q.reset()
                     generation = hub.generation
@@ -260,7 +262,7 @@ class AllFeed:
         try:
             generation = hub.generation
             while True:
-                if q.overflowed or hub.generation != generation:
+                if q.needs_history or hub.generation != generation:
                     self.overflows += q.overflowed
                     q.reset()
                     generation = hub.generation

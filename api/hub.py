@@ -9,6 +9,10 @@ Pub/sub is only the fast path (see `events.subscriber`): a client's inbox never 
 when it is full the hub drops events for that client only and flags it, and the client catches
 up from the history. Whenever the connection is lost and made again, `generation` goes up and
 every inbox is woken: what was published meanwhile is in the history, and each client reads it.
+Redis may also lose a message without any of that (it does not say), so once per
+`check_interval_s` the hub compares each followed execution's sequence counter with the last
+id its channel delivered, and flags the inboxes of a channel that fell behind: one GET per
+execution and interval, whatever the number of clients.
 """
 
 from __future__ import annotations
@@ -34,7 +38,16 @@ _REDIS_ERRORS = (redis.RedisError, OSError)
 class ClientQueue:
     """One client's inbox of live events, bounded in bytes and in count."""
 
-    __slots__ = ("_bytes", "_items", "_wake", "dropped", "max_bytes", "max_events", "overflowed")
+    __slots__ = (
+        "_bytes",
+        "_items",
+        "_wake",
+        "dropped",
+        "lagging",
+        "max_bytes",
+        "max_events",
+        "overflowed",
+    )
 
     def __init__(self, max_bytes: int = 1 * MIB, max_events: int = 1024) -> None:
         self._items: deque[RawEvent] = deque()
@@ -43,6 +56,7 @@ class ClientQueue:
         self.max_bytes = max_bytes
         self.max_events = max_events
         self.overflowed = False
+        self.lagging = False  # the channel missed a message: read the history
         self.dropped = 0
 
     def put(self, ev: RawEvent) -> None:
@@ -69,9 +83,18 @@ class ClientQueue:
         return items
 
     def reset(self) -> None:
-        """Forget everything queued and the overflow flag (before a history read)."""
+        """Forget everything queued and the flags (before a history read)."""
         self.take()
         self.overflowed = False
+        self.lagging = False
+
+    def flag_lagging(self) -> None:
+        self.lagging = True
+        self._wake.set()
+
+    @property
+    def needs_history(self) -> bool:
+        return self.overflowed or self.lagging
 
     def notify(self) -> None:
         self._wake.set()
@@ -82,7 +105,7 @@ class ClientQueue:
 
     async def wait(self, timeout_s: float) -> bool:
         """Wait for an event, an overflow or a notification; False when the timeout came first."""
-        if self._items or self.overflowed:
+        if self._items or self.needs_history:
             return True
         self._wake.clear()
         try:
@@ -104,6 +127,7 @@ class Hub:
         ping_timeout_s: float = 5.0,
         reconnect_max_s: float = 2.0,
         confirm_timeout_s: float = 2.0,
+        check_interval_s: float = 1.0,
     ) -> None:
         # A client of its own: its pool holds only this connection.
         self._client = client
@@ -111,39 +135,51 @@ class Hub:
         self._ping_timeout_s = ping_timeout_s
         self._reconnect_max_s = reconnect_max_s
         self._confirm_timeout_s = confirm_timeout_s
+        self._check_interval_s = check_interval_s
         self._routes: dict[bytes, set[ClientQueue]] = {}
+        # Per execution channel: its sequence counter's key and the highest id it delivered.
+        self._seq_keys: dict[bytes, str] = {}
+        self._seen: dict[bytes, int] = {}
         self._wire: set[bytes] = set()
         self._pending: dict[bytes, list[asyncio.Future[None]]] = {}
         self._pubsub: Any = None
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._checker: asyncio.Task[None] | None = None
         self._syncs: set[asyncio.Task[Any]] = set()
         self.generation = 0
         self.reconnects = 0
         self.messages = 0
+        self.lost_messages = 0
         self.connected = False
 
     # -- life ------------------------------------------------------------------------------
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="cloudops-hub")
+            self._checker = asyncio.create_task(self._check_loop(), name="cloudops-hub-check")
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._task, *self._syncs) if t is not None]
+        tasks = [t for t in (self._task, self._checker, *self._syncs) if t is not None]
         for t in tasks:
             t.cancel()
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, *_REDIS_ERRORS):
                 await t
-        self._task = None
+        self._task = self._checker = None
         await self._client.aclose()
 
     # -- clients ---------------------------------------------------------------------------
-    async def subscribe(self, channel: str, queue: ClientQueue) -> None:
+    async def subscribe(
+        self, channel: str, queue: ClientQueue, *, seq_key: str | None = None
+    ) -> None:
         """Route `channel` to `queue`; returns once Redis confirmed the subscription (or the
-        hub is disconnected: it subscribes on reconnect, and bumps `generation` then)."""
+        hub is disconnected: it subscribes on reconnect, and bumps `generation` then).
+        With `seq_key` (an execution's counter) the channel is checked for lost messages."""
         ch = channel.encode()
         self._routes.setdefault(ch, set()).add(queue)
+        if seq_key is not None:
+            self._seq_keys[ch] = seq_key
         fut = await self._sync(ch)
         if fut is not None:
             # A lost confirmation costs nothing: the client's id checks and idle refill cover it.
@@ -161,6 +197,8 @@ class Hub:
         queues.discard(queue)
         if not queues:
             del self._routes[ch]
+            self._seq_keys.pop(ch, None)
+            self._seen.pop(ch, None)
             task = asyncio.get_running_loop().create_task(self._sync(ch))
             self._syncs.add(task)
             task.add_done_callback(self._syncs.discard)
@@ -290,5 +328,36 @@ class Hub:
             log.warning("hub: dropping a malformed message on %r: %s", channel, e)
             return
         self.messages += 1
+        if channel in self._seq_keys and ev.id > self._seen.get(channel, 0):
+            self._seen[channel] = ev.id
         for q in queues:
             q.put(ev)
+
+    # -- lost messages ---------------------------------------------------------------------
+    async def _check_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._check_interval_s)
+            try:
+                await self.check_lost()
+            except _REDIS_ERRORS as e:
+                log.info("hub: lost-message check failed: %s", e)
+
+    async def check_lost(self) -> None:
+        """Flag the clients of every execution channel whose counter is past what it
+        delivered: a message was lost (or is still in flight; a needless read is cheap)."""
+        channels = [ch for ch in self._seq_keys if ch in self._routes]
+        if not channels or not self.connected:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for ch in channels:
+            pipe.get(self._seq_keys[ch])
+        values = await pipe.execute()
+        for ch, value in zip(channels, values, strict=True):
+            if value is None or ch not in self._routes:
+                continue
+            seq = int(value)
+            if seq > self._seen.get(ch, 0):
+                self._seen[ch] = seq
+                self.lost_messages += 1
+                for q in self._routes[ch]:
+                    q.flag_lagging()

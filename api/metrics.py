@@ -56,6 +56,12 @@ async def render(relay: Relay) -> str:
             [("", relay.hub.reconnects)],
         ),
         _family(
+            "cloudops_relay_pubsub_lost_total",
+            "counter",
+            "Times an execution's channel was found behind its counter (a lost message).",
+            [("", relay.hub.lost_messages)],
+        ),
+        _family(
             "cloudops_relay_pubsub_channels",
             "gauge",
             "Channels this relay's pub/sub connection is subscribed to.",

@@ -25,11 +25,22 @@ log = logging.getLogger(__name__)
 DROPPED_STAT = "clients_dropped"
 
 
-def make_async_redis(url: str, **kwargs: Any) -> aioredis.Redis:
-    """Like `events.publisher.make_redis`: bounded connect and read times, never forever."""
+def make_async_redis(
+    url: str, *, max_connections: int | None = None, **kwargs: Any
+) -> aioredis.Redis:
+    """Like `events.publisher.make_redis`: bounded connect and read times, never forever.
+
+    With `max_connections`, requests past it wait (up to 5 s) for a free connection instead of
+    failing: a thousand streams opening at once must not see "Too many connections".
+    """
     opts: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
     opts.update(kwargs)
-    return aioredis.Redis.from_url(url, **opts)
+    if max_connections is None:
+        return aioredis.Redis.from_url(url, **opts)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=5.0, **opts
+    )
+    return aioredis.Redis(connection_pool=pool)
 
 
 @dataclass
@@ -48,7 +59,7 @@ class Relay:
         cls, settings: Settings, dispatcher: Dispatcher, redis_url: str, options: RelayOptions
     ) -> Relay:
         keys = Keys(settings.key_prefix)
-        client = make_async_redis(redis_url)
+        client = make_async_redis(redis_url, max_connections=options.redis_max_connections)
         name = f"cloudops-relay-{uuid.uuid4().hex[:8]}"
         hub_client = make_async_redis(
             redis_url, socket_timeout=None, health_check_interval=0, client_name=name
@@ -58,6 +69,7 @@ class Relay:
             ping_interval_s=options.hub_ping_interval_s,
             ping_timeout_s=options.hub_ping_timeout_s,
             reconnect_max_s=options.hub_reconnect_max_s,
+            check_interval_s=options.lost_message_check_s,
         )
         await hub.start()
         auth = Authenticator(settings.api_tokens, client, keys, settings.stream_ticket_ttl_s)
@@ -84,7 +96,7 @@ class Relay:
             after,
             options=self.options,
             queue_events=self.settings.client_queue_events,
-            tick_s=self.settings.sse_ping_interval_s,
+            tick_s=self._tick_s,
         )
 
     def all_feed(self) -> AllFeed:
@@ -93,8 +105,13 @@ class Relay:
             self.store,
             options=self.options,
             queue_events=self.settings.client_queue_events,
-            tick_s=min(1.0, self.settings.sse_ping_interval_s),
+            tick_s=self._tick_s,
         )
+
+    @property
+    def _tick_s(self) -> float:
+        # How often an idle stream wakes up: SSE pings go out within half an interval late.
+        return max(0.05, min(5.0, self.settings.sse_ping_interval_s / 2))
 
     async def note_dropped(self, kind: str, detail: str) -> None:
         log.warning("closing a slow %s client: %s", kind, detail)

@@ -56,9 +56,7 @@ def check_text(value: Any, field: str) -> None:
             check_text(v, f"{field}[{i}]")
 
 
-class CommandRequest(BaseModel):
-    """Run one command: `aws_cli` or `script`."""
-
+class _CommandRequest(BaseModel):
     model_config = _CAMEL
 
     command_type: Literal["aws_cli", "script"]
@@ -69,6 +67,20 @@ class CommandRequest(BaseModel):
         check_text(self.command, "command")
         if self.options is not None:
             check_text(self.options.model_dump(by_alias=True), "options")
+
+
+# One model per commandType: OpenAPI's discriminator mapping is then one to one (schemathesis,
+# among others, misreads a mapping of two values to one schema).
+class AwsCliRequest(_CommandRequest):
+    """Run an AWS CLI command (`aws ...`)."""
+
+    command_type: Literal["aws_cli"]
+
+
+class ScriptRequest(_CommandRequest):
+    """Run a shell script."""
+
+    command_type: Literal["script"]
 
 
 class PlaybookRequest(BaseModel):
@@ -99,7 +111,9 @@ class PlaybookRequest(BaseModel):
         return out
 
 
-SubmitRequest = Annotated[CommandRequest | PlaybookRequest, Field(discriminator="command_type")]
+SubmitRequest = Annotated[
+    AwsCliRequest | ScriptRequest | PlaybookRequest, Field(discriminator="command_type")
+]
 COMMAND_TYPES = ("aws_cli", "script", "playbook")
 
 

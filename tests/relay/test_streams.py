@@ -206,7 +206,8 @@ def test_events_missing_from_pubsub_come_from_history(
     rclient: redis.Redis,
     keys: Keys,
 ) -> None:
-    """An id jump makes the stream read the history; a quiet channel too (within ~1 s)."""
+    """An id jump makes the stream read the history; so does the hub's check of the counter
+    when the channel stays quiet (within ~1 s)."""
     records = RecordStore(rclient, keys, settings)
     ex = "ex_lostmessages"
     records.create(ex, command="x", command_type="script", options={}, queued_at=utc_now())
@@ -245,6 +246,9 @@ def test_events_missing_from_pubsub_come_from_history(
             waited_s = time.monotonic() - t0
             assert got.id == 4 and json.loads(got.data)["payload"]["output"] == "d"
             assert waited_s < 3.0
+        metrics = api.get("/metrics").text.splitlines()
+        lost = [ln for ln in metrics if ln.startswith("cloudops_relay_pubsub_lost_total ")]
+        assert int(lost[0].split()[1]) >= 1
     finally:
         publisher.close()
 
