@@ -18,9 +18,10 @@ from typing import Annotated, Any, Protocol
 
 import typer
 
-from events.errors import CloudOpsError, InvalidRequestError
+from events.errors import CloudOpsError, InvalidRequestError, UnknownExecutionError
 from events.models import ExecutionOptions, RawEvent
 from events.settings import Settings
+from worker.dispatch import Dispatcher
 
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 124
@@ -53,61 +54,59 @@ def _options_from_body(body: dict[str, Any]) -> ExecutionOptions:
         raise InvalidRequestError("options", str(e).splitlines()[0]) from e
 
 
-class FleetSession:
-    def __init__(self, settings: Settings) -> None:
-        from events.subscriber import Follower
-        from worker.celery_dispatch import CeleryDispatcher
+class _DispatcherSession:
+    """A session over a Dispatcher of this process (fleet or embedded)."""
 
-        self._dispatcher = CeleryDispatcher(settings)
-        self._follower = Follower
+    dispatcher: Dispatcher
 
     def submit(self, body: dict[str, Any]) -> str:
         if body.get("commandType") == "playbook":
-            return self._dispatcher.submit_playbook(
+            return self.dispatcher.submit_playbook(
                 body["playbook"], body.get("params"), source=body.get("source", "<request>")
             )
-        return self._dispatcher.submit_command(
+        return self.dispatcher.submit_command(
             body["command"], body["commandType"], _options_from_body(body)
         )
 
-    def follow(self, execution_id: str, after: int = 0) -> Iterator[RawEvent]:
-        rt = self._dispatcher.rt
-        if rt.records.get(execution_id) is None:
-            from events.errors import UnknownExecutionError
-
-            raise UnknownExecutionError(execution_id)
-        return iter(self._follower(rt.redis, rt.keys, execution_id, after))
-
     def cancel(self, execution_id: str) -> None:
-        self._dispatcher.cancel(execution_id)
+        self.dispatcher.cancel(execution_id)
+
+
+class FleetSession(_DispatcherSession):
+    """Submit to Celery and read events from Redis directly."""
+
+    def __init__(self, settings: Settings) -> None:
+        from worker.celery_dispatch import CeleryDispatcher
+
+        self.fleet = CeleryDispatcher(settings)
+        self.dispatcher = self.fleet
+
+    def follow(self, execution_id: str, after: int = 0) -> Iterator[RawEvent]:
+        from events.subscriber import Follower
+
+        rt = self.fleet.rt
+        if rt.records.get(execution_id) is None:
+            raise UnknownExecutionError(execution_id)
+        return iter(Follower(rt.redis, rt.keys, execution_id, after))
 
     def records(self, status: str | None, limit: int) -> list[dict[str, Any]]:
-        return [r.wire() for r in self._dispatcher.rt.records.recent(status=status, limit=limit)]
+        return [r.wire() for r in self.fleet.rt.records.recent(status=status, limit=limit)]
 
 
-class EmbeddedSession:
+class EmbeddedSession(_DispatcherSession):
+    """In-process execution with an in-memory bus."""
+
     def __init__(self, settings: Settings) -> None:
         from worker.embedded import EmbeddedDispatcher
 
-        self._dispatcher = EmbeddedDispatcher(settings)
-
-    def submit(self, body: dict[str, Any]) -> str:
-        if body.get("commandType") == "playbook":
-            return self._dispatcher.submit_playbook(
-                body["playbook"], body.get("params"), source=body.get("source", "<request>")
-            )
-        return self._dispatcher.submit_command(
-            body["command"], body["commandType"], _options_from_body(body)
-        )
+        self.embedded = EmbeddedDispatcher(settings)
+        self.dispatcher = self.embedded
 
     def follow(self, execution_id: str, after: int = 0) -> Iterator[RawEvent]:
-        return self._dispatcher.bus.follow(execution_id, after)
-
-    def cancel(self, execution_id: str) -> None:
-        self._dispatcher.cancel(execution_id)
+        return self.embedded.bus.follow(execution_id, after)
 
     def records(self, status: str | None, limit: int) -> list[dict[str, Any]]:
-        recs = [r.wire() for r in self._dispatcher.bus.records()]
+        recs = [r.wire() for r in self.embedded.bus.records()]
         return [r for r in recs if status is None or r["status"] == status][:limit]
 
 

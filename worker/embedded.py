@@ -168,21 +168,6 @@ class EmbeddedDispatcher:
         ).start()
         return execution_id
 
-    def run_inline(
-        self, command: str, command_type: str, options: ExecutionOptions | None = None
-    ) -> str:
-        """Like submit_command, but runs in the calling thread (the CLI's embedded run)."""
-        validate_command(command, command_type)
-        opts = options or ExecutionOptions()
-        execution_id = new_execution_id()
-        self.bus.create(
-            execution_id,
-            {"command": command, "commandType": command_type, "status": "queued"},
-        )
-        ct: CommandType = "aws_cli" if command_type == "aws_cli" else "script"
-        self._run(execution_id, command, ct, opts)
-        return execution_id
-
     def submit_playbook(
         self,
         playbook: str | Mapping[str, Any],
