@@ -57,6 +57,7 @@ export class CloudOpsClient {
     this._open = false;
     this._starAcked = false;
     this._closed = false;
+    this._connecting = false;
     this._attempt = 0;
     this._timer = null;
   }
@@ -118,7 +119,9 @@ export class CloudOpsClient {
 
   // -- connection ---------------------------------------------------------------------------
   _ensureSocket() {
-    if (!this._ws && !this._timer && !this._closed) this._connect();
+    // `_connecting` covers the await of the ticket, before `_ws` exists: several listen()
+    // calls in one tick (Promise.all) must open one socket, not one each.
+    if (!this._ws && !this._timer && !this._connecting && !this._closed) this._connect();
   }
 
   async _authQuery() {
@@ -142,10 +145,12 @@ export class CloudOpsClient {
 
   async _connect() {
     this._timer = null;
+    this._connecting = true;
     let query;
     try {
       query = await this._authQuery();
     } catch (e) {
+      this._connecting = false;
       if (e.fatal) {
         this.onError(e);
         this.close();
@@ -154,6 +159,7 @@ export class CloudOpsClient {
       this._retry();
       return;
     }
+    this._connecting = false;
     if (this._closed) return;
     const url = wsUrl(this.baseUrl);
     for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v);
