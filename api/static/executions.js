@@ -53,6 +53,7 @@ function newExecution(id) {
     termEnded: false, // execution_complete applied to the current Term
     fresh: false, // submitted here while subscribed: nothing to replay
     live: false, // an event of it came from the live client
+    notified: false, // its end was announced
     liveSinceReplay: false,
     replay: null, // AbortController of the running history replay
   };
@@ -116,7 +117,7 @@ export class Executions {
    * getJson(path): a promise of the JSON of a GET (rejects with `.status` on HTTP errors);
    * getStream(path, signal): a promise of the fetch Response of an SSE route;
    * changed(x, {term, detail}): something of x changed (its output when `term`);
-   * added(x): a new execution; ended(x): x ended while the live client followed it.
+   * added(x): a new execution; ended(x): x ended while the live client listened.
    */
   constructor({ getJson, getStream, changed, added, ended }) {
     this.all = new Map();
@@ -377,7 +378,6 @@ export class Executions {
         if (term) term.meta(`■ cancelled: ${p.reason}`, "m-cancel");
         break;
       case "execution_complete": {
-        const endedBefore = TERMINAL_STATUSES.has(x.status) && x.completedAt !== undefined;
         x.status = p.status;
         x.startedAt = p.startedAt || x.startedAt;
         x.completedAt = p.completedAt;
@@ -401,7 +401,12 @@ export class Executions {
         if (x.replay) x.replay.abort();
         x.replay = null;
         x.pending.clear();
-        if (source === "live" && !endedBefore) this._ended(x);
+        // A live execution_complete is news (the client only sends what happens while it
+        // listens, or what it missed during a reconnect); a replayed one is not.
+        if (source === "live" && !x.notified) {
+          x.notified = true;
+          this._ended(x);
+        }
         if (x === this.selected) this.loadRecord(x); // final step records (timeouts, workers)
         break;
       }
