@@ -53,6 +53,7 @@ function newExecution(id) {
     termEnded: false, // execution_complete applied to the current Term
     fresh: false, // submitted here while subscribed: nothing to replay
     live: false, // an event of it came from the live client
+    endSeenLive: false, // its execution_complete came from the live client
     notified: false, // its end was announced
     liveSinceReplay: false,
     replay: null, // AbortController of the running history replay
@@ -217,6 +218,12 @@ export class Executions {
     if (source === "live") {
       x.live = true;
       x.liveSinceReplay = true;
+      if (ev.event === "execution_complete") {
+        // News: the client only sends what happens while it listens (or what it missed during
+        // a reconnect). Announced once, even when a replay applied the same event first.
+        x.endSeenLive = true;
+        this._announce(x);
+      }
       if (ev.id > 1 && !x.recordRequested && !x.command) {
         x.recordRequested = true; // first seen mid-way: its command comes from the record
         this.loadRecord(x);
@@ -250,6 +257,12 @@ export class Executions {
   }
 
   // -- internals ----------------------------------------------------------------------------
+  _announce(x) {
+    if (x.notified || !x.endSeenLive || !TERMINAL_STATUSES.has(x.status) || !x.completedAt) return;
+    x.notified = true;
+    this._ended(x);
+  }
+
   _dropTerm(x) {
     x.term = null;
     x.pending.clear();
@@ -401,12 +414,7 @@ export class Executions {
         if (x.replay) x.replay.abort();
         x.replay = null;
         x.pending.clear();
-        // A live execution_complete is news (the client only sends what happens while it
-        // listens, or what it missed during a reconnect); a replayed one is not.
-        if (source === "live" && !x.notified) {
-          x.notified = true;
-          this._ended(x);
-        }
+        this._announce(x);
         if (x === this.selected) this.loadRecord(x); // final step records (timeouts, workers)
         break;
       }
