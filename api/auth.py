@@ -17,6 +17,7 @@ import secrets
 
 import redis.asyncio as aioredis
 
+from api.store import checkpoint
 from events.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -77,12 +78,15 @@ class Authenticator:
     async def issue_ticket(self) -> str:
         ticket = secrets.token_urlsafe(24)
         await self._redis.set(self._ticket_key(ticket), "1", ex=self.ticket_ttl_s)
+        checkpoint()
         return ticket
 
     async def ticket_ok(self, ticket: str | None) -> bool:
         if not ticket or len(ticket) > 128 or not self._tokens:
             return False
-        return bool(await self._redis.exists(self._ticket_key(ticket)))
+        found = bool(await self._redis.exists(self._ticket_key(ticket)))
+        checkpoint()
+        return found
 
     async def check_stream(
         self, authorization: str | None, ticket: str | None, token: str | None = None

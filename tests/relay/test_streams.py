@@ -3,6 +3,7 @@ relay's pub/sub connection breaks or Redis loses a pub/sub message."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -18,7 +19,7 @@ from events.models import ExecutionOutputPayload, encode_parts, utc_now
 from events.publisher import Publisher
 from events.records import RecordStore
 from events.settings import Settings
-from tests.relay.helpers import RelayProcess, history_json, parse_sse, sse_events
+from tests.relay.helpers import RelayProcess, history_json, parse_sse, sse_events, wait_for
 from tests.relay.test_rest import submit, wait_status
 
 pytestmark = pytest.mark.integration
@@ -263,3 +264,38 @@ def test_sse_with_ticket_and_ws_with_ticket(relay: RelayProcess, api: httpx.Clie
         ws.send(json.dumps({"subscribe": ex}))
         assert json.loads(ws.recv(timeout=5))["subscribed"] == ex
         assert len(ws_until_complete(ws, ex)) == 4
+
+
+def test_streams_closed_at_once_are_forgotten(relay: RelayProcess, api: httpx.Client) -> None:
+    """Clients that leave right after the headers (or the subscribe ack) leave nothing behind:
+    no stream task, no hub route (Python 3.11 + redis-py could swallow their cancellation)."""
+    ex = submit(api, "lines=1 hold=1")
+    path = f"/api/executions/{ex}/events"
+
+    async def open_and_leave() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        request = f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {relay.tokens[0]}\r\n"
+        writer.write((request + "\r\n").encode())
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    async def many() -> None:
+        await asyncio.gather(*(open_and_leave() for _ in range(100)))
+
+    for _ in range(3):
+        asyncio.run(many())
+    for _ in range(20):
+        with ws_connect(relay) as ws:
+            ws.send(json.dumps({"subscribe": ex}))
+            ws.recv(timeout=5)
+
+    def forgotten() -> bool:
+        text = api.get("/metrics").text
+        return (
+            'cloudops_connected_clients{kind="sse"} 0' in text
+            and 'cloudops_connected_clients{kind="ws"} 0' in text
+            and "cloudops_relay_pubsub_channels 0" in text
+        )
+
+    wait_for(forgotten, 10.0, 0.1, "every stream to be forgotten")
+    api.post(f"/api/executions/{ex}/cancel")
