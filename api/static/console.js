@@ -33,6 +33,7 @@ const app = {
   store: null, // Executions
   view: null, // TerminalView
   rows: new Map(), // executionId -> <li>
+  filter: "", // the list's status filter: "", "active" or a status
   frame: 0,
   dirtyRows: new Set(),
   listOrderDirty: false,
@@ -207,9 +208,16 @@ function statusLabel(x) {
   return x.status;
 }
 
+function shown(x) {
+  const f = app.filter;
+  if (!f || x === app.store.selected) return true;
+  return f === "active" ? !TERMINAL_STATUSES.has(x.status) : x.status === f;
+}
+
 function renderRow(x) {
   const row = app.rows.get(x.id);
   if (!row) return;
+  row.hidden = !shown(x);
   row.dataset.status = x.status;
   row.classList.toggle("selected", x === app.store.selected);
   const badge = row.children[0];
@@ -594,6 +602,11 @@ function setupForms() {
     } finally {
       btn.disabled = false;
     }
+  });
+  $("status-filter").addEventListener("change", (e) => {
+    app.filter = e.currentTarget.value;
+    for (const id of app.rows.keys()) app.dirtyRows.add(id);
+    schedule();
   });
   $("notify-toggle").addEventListener("click", askNotificationPermission);
   $("sign-out").addEventListener("click", () => signOut());
