@@ -612,6 +612,15 @@ function setupForms() {
   $("sign-out").addEventListener("click", () => signOut());
 }
 
+/** The execution named in the URL's fragment (`#ex_...`), "" when none. */
+function executionInHash() {
+  try {
+    return decodeURIComponent(location.hash.slice(1)).trim();
+  } catch {
+    return ""; // a malformed %-escape
+  }
+}
+
 // -- token gate ----------------------------------------------------------------------------------
 function signOut(message) {
   sessionStorage.removeItem(TOKEN_KEY);
@@ -671,7 +680,7 @@ async function start(token) {
   setConnection("connecting");
   const live = (e) => app.store.ingest(e, "live");
   const listening = EVENT_NAMES.map((name) => app.client.listen(name, live));
-  const hashId = decodeURIComponent(location.hash.slice(1));
+  const hashId = executionInHash();
   if (hashId) openExecution(hashId, { updateHash: false });
   await Promise.all(listening);
   document.body.dataset.ready = "true"; // subscribed: whatever starts now is seen from id 1
@@ -705,7 +714,7 @@ function init() {
 }
 
 window.addEventListener("hashchange", () => {
-  const id = decodeURIComponent(location.hash.slice(1));
+  const id = executionInHash();
   const selected = app.store && app.store.selected;
   if (app.view && id && (!selected || selected.id !== id)) openExecution(id, { updateHash: false });
 });
