@@ -144,6 +144,10 @@ class ConsolePage:
             self.page.eval_on_selector_all(OUTPUT_LINES, "els => els.map(e => e.textContent)"),
         )
 
+    def expect_output(self, lines: list[str], timeout_s: float = 15.0) -> None:
+        """Wait until the output lines on screen are exactly `lines`."""
+        expect(self.page.locator(OUTPUT_LINES)).to_have_text(lines, timeout=timeout_s * 1000)
+
     def dom_line_count(self) -> int:
         return int(self.page.eval_on_selector(LINES, "e => e.querySelectorAll('.l').length"))
 

@@ -236,3 +236,20 @@ def test_cancel_from_the_console(page: Page, fleet: Fleet) -> None:
     expect(page.locator(".l.meta", has_text="cancelled")).to_have_count(2)  # reason, summary
     wait_until(lambda: not live_pids_with(f"sleep {marker}"), 10, what="the process gone")
     assert ui.output_lines() == ["started"]
+
+
+def test_list_follows_executions_started_elsewhere(page: Page, fleet: Fleet) -> None:
+    ui = ConsolePage(page, fleet)
+    ui.sign_in()
+    ex = fleet.submit("echo from the API; sleep 2")  # not from this page
+    row = ui.row(ex)
+    expect(row).to_have_attribute("data-status", "running", timeout=15_000)
+    expect(row.get_by_test_id("row-command")).to_have_text("echo from the API; sleep 2")
+    expect(page.get_by_test_id("detail")).to_be_hidden()  # listed, not opened
+    page.get_by_test_id("status-filter").select_option("active")
+    expect(row).to_be_visible()
+    expect(row).to_have_attribute("data-status", "completed", timeout=15_000)
+    expect(row).to_be_hidden()  # the filter shows queued and running ones only
+    page.get_by_test_id("status-filter").select_option("")
+    ui.open_execution(ex)  # replayed from its history
+    ui.expect_output(["from the API"])
