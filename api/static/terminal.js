@@ -236,6 +236,9 @@ export class Term {
 // (`content-visibility: auto` in console.css), and trimming the front is mostly dropping
 // whole blocks.
 const BLOCK_LINES = 500;
+// Scroll events this long after a wheel, touch or key event are the user's (smooth scrolling
+// goes on for a few hundred ms after the last wheel event).
+const USER_SCROLL_MS = 1500;
 
 function removeFirstChildren(el, count) {
   if (count <= 0) return;
@@ -263,6 +266,35 @@ export class TerminalView {
     this.domEnd = 0; // line number after the last finished line element
     this.openBox = null; // holds the unfinished last line
     this.hasOpen = false;
+    // Only the user pauses or resumes auto-scroll. Trimming the front can move the scroll
+    // position too (clamped to the bottom when a slow frame replaced every line on screen):
+    // a scroll event with no user input just before it changes nothing.
+    this._userInputAt = -Infinity;
+    this._dragging = false;
+    const input = () => (this._userInputAt = performance.now());
+    // Scrolling up is an intent to read: pause at once, before a frame scrolls to the bottom.
+    scroller.addEventListener(
+      "wheel",
+      (e) => {
+        input();
+        if (e.deltaY < 0) this._pause();
+      },
+      { passive: true },
+    );
+    scroller.addEventListener(
+      "keydown",
+      (e) => {
+        input();
+        if (["ArrowUp", "PageUp", "Home"].includes(e.key)) this._pause();
+      },
+      { passive: true },
+    );
+    scroller.addEventListener("touchmove", input, { passive: true });
+    scroller.addEventListener("pointerdown", () => (this._dragging = true)); // the scrollbar
+    window.addEventListener("pointerup", () => {
+      if (this._dragging) input();
+      this._dragging = false;
+    });
     scroller.addEventListener("scroll", () => this._onScroll(), { passive: true });
     followEl.addEventListener("click", () => this.follow());
   }
@@ -288,15 +320,25 @@ export class TerminalView {
     const openHtml = term.openHtml();
     const total = term.total;
     const first = Math.max(term.base, total - (MAX_LINES - (openHtml ? 1 : 0)));
+    // New lines first, then the trim: the content never shrinks under the viewport, so a
+    // paused view keeps its place (scroll anchoring) instead of being clamped somewhere.
     if (this.domEnd < first) {
-      this._clear(first); // everything on screen is older than what is kept
-    } else if (this.domStart < first) {
-      this._dropFront(first - this.domStart);
+      // Everything on screen is older than what is kept: new blocks, then the old ones go.
+      const old = this.blocks;
+      this.blocks = [];
+      this._append(term.lines.slice(first - term.base, total - term.base));
+      for (const block of old) block.el.remove();
       this.domStart = first;
-    }
-    if (total > this.domEnd) {
-      this._append(term.lines.slice(this.domEnd - term.base, total - term.base));
       this.domEnd = total;
+    } else {
+      if (total > this.domEnd) {
+        this._append(term.lines.slice(this.domEnd - term.base, total - term.base));
+        this.domEnd = total;
+      }
+      if (this.domStart < first) {
+        this._dropFront(first - this.domStart);
+        this.domStart = first;
+      }
     }
     if (openHtml || this.hasOpen) {
       this.openBox.innerHTML = openHtml;
@@ -384,10 +426,19 @@ export class TerminalView {
   }
 
   _onScroll() {
+    const byUser = this._dragging || performance.now() - this._userInputAt < USER_SCROLL_MS;
+    if (!byUser) return;
     const s = this.scroller;
     const atBottom = s.scrollHeight - s.scrollTop - s.clientHeight < 24;
     if (atBottom !== this.stick) {
       this.stick = atBottom;
+      this._showFollow();
+    }
+  }
+
+  _pause() {
+    if (this.stick) {
+      this.stick = false;
       this._showFollow();
     }
   }
