@@ -263,6 +263,7 @@ function renderDetail(x) {
   if (x.error) fact("error", x.error);
   if (unknown) fact("error", "the relay does not know this execution (expired or never existed)");
   $("execution-facts").replaceChildren(...facts);
+  $("terminal").dataset.running = String(!TERMINAL_STATUSES.has(x.status) && !unknown);
   const cancel = $("cancel-execution");
   cancel.hidden = TERMINAL_STATUSES.has(x.status) || unknown;
   cancel.disabled = x.cancelRequested;
