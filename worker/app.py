@@ -34,6 +34,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": False,
         "task_reject_on_worker_lost": False,
         "worker_prefetch_multiplier": 1,
+        # With early acks, prefetch counts only unacked messages: a worker whose pool is busy
+        # still reserves up to `concurrency` more tasks, which then wait for its slots while
+        # another worker idles, and are lost (unacked, restored only after visibility_timeout,
+        # an hour) if it is killed. Take a task only when a pool process is free.
+        "worker_disable_prefetch": True,
         # Flower: task events from workers, and `task-sent` so queued tasks are visible.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
