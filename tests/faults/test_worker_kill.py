@@ -1,0 +1,112 @@
+"""Fault 1: a worker SIGKILLed mid-run while a second worker is alive.
+
+Two variants: only the worker's main process (as `kill -9 <pid>` or the OOM killer would; its
+pool processes get their parent-death signal and report the loss themselves), and the whole
+process tree at once (the host is gone; the surviving worker's reaper ends the executions when
+their lease expires). Either way the killed worker's executions end `failed` with "worker lost",
+the other worker's complete, work queued meanwhile runs on the survivor, nothing runs twice, and
+nothing of the killed worker or its commands is left running.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.faults.conftest import MakeFleet, PrivateRedis, hold
+from tests.faults.invariants import (
+    KILLED_WORKER_POOL_ORPHANED,
+    LEDGER,
+    WORKER_LOST_REPORTED_AS_SHUTDOWN,
+    Tracked,
+    lost_execution_left_running,
+    require,
+)
+from tests.helpers import wait_until
+
+pytestmark = [pytest.mark.fault, pytest.mark.integration]
+
+PER_WORKER = 3
+
+
+def process_group(pgid: int) -> list[int]:
+    """Live (non-zombie) members of a process group, from /proc."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            found.append(int(name))
+    return found
+
+
+@pytest.mark.parametrize("what", ["main-process", "process-tree"])
+def test_worker_sigkilled_mid_run(
+    what: str, private_redis: PrivateRedis, make_fleet: MakeFleet
+) -> None:
+    # A short lease so that the tree variant is reaped quickly (production: 8 s).
+    fleet = make_fleet(private_redis.url, lease_ttl_s=3)
+    doomed = fleet.start_worker("doomed@faults", concurrency=PER_WORKER)
+    fleet.start_worker("survivor@faults", concurrency=PER_WORKER)
+    # Long enough that the survivor's executions are still running when the reaper acts.
+    runs = [fleet.chatty(seconds=9, interval_ms=10) for _ in range(2 * PER_WORKER)]
+    for t in runs:
+        fleet.follow(t.execution_id)
+    wait_until(
+        lambda: (
+            len(fleet.records_running_on("doomed@faults")) == PER_WORKER
+            and len(fleet.records_running_on("survivor@faults")) == PER_WORKER
+        ),
+        30,
+        what="both workers to run their executions",
+    )
+    fleet.wait_streaming(runs, min_events=20, timeout_s=30)
+    lost = set(fleet.records_running_on("doomed@faults"))
+    # Work that arrives while every slot is busy: it must wait in the broker for a worker with
+    # a free slot, not in a busy worker's prefetch, where the kill would lose it.
+    waiting = [fleet.chatty(seconds=1, interval_ms=5) for _ in range(2)]
+    hold(1.0)  # what a worker would need to fetch them
+
+    t0 = time.monotonic()
+    if what == "main-process":
+        os.kill(doomed.pid, signal.SIGKILL)
+    else:
+        os.killpg(doomed.pid, signal.SIGKILL)
+    doomed.proc.wait(10)
+    LEDGER.inject(f"worker SIGKILL ({what})")
+
+    for t in runs:
+        if t.execution_id in lost:
+            t.expect, t.error_contains = frozenset({"failed"}), "worker lost"
+    # The fleet goes on: new work runs on the survivor.
+    after: list[Tracked] = [fleet.chatty(seconds=1, interval_ms=5) for _ in range(2)]
+    known = [WORKER_LOST_REPORTED_AS_SHUTDOWN, lost_execution_left_running(lost)]
+    fleet.check(timeout_s=60, known=known)
+    lost_s = time.monotonic() - t0
+    rec = fleet.dispatcher.rt.records
+    for t in waiting + after:
+        r = rec.get(t.execution_id)
+        require(
+            r is not None and r.worker == "survivor@faults",
+            f"{t.execution_id} queued around the kill ran on {r.worker if r else None}",
+        )
+    # Nothing of the killed worker lives on: its pool processes went with it.
+    left: list[int] = []
+    deadline = time.monotonic() + 5
+    while (left := process_group(doomed.pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    require(
+        not left,
+        f"processes of the SIGKILLed worker left running: {left}",
+        known=[KILLED_WORKER_POOL_ORPHANED],
+    )
+    print(f"{what}: {len(lost)} executions lost and ended, all checked {lost_s:.1f} s after")
