@@ -9,8 +9,10 @@ Three modes for run/tail/cancel/ls, chosen once from the settings:
 from __future__ import annotations
 
 import json
+import secrets
 import shlex
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,16 +99,16 @@ class EmbeddedSession(_DispatcherSession):
     """In-process execution with an in-memory bus."""
 
     def __init__(self, settings: Settings) -> None:
-        from worker.embedded import EmbeddedDispatcher
+        from worker.embedded import EmbeddedDispatcher, MemoryBus
 
-        self.embedded = EmbeddedDispatcher(settings)
-        self.dispatcher = self.embedded
+        self.bus = MemoryBus()
+        self.dispatcher = EmbeddedDispatcher(settings, self.bus)
 
     def follow(self, execution_id: str, after: int = 0) -> Iterator[RawEvent]:
-        return self.embedded.bus.follow(execution_id, after)
+        return self.bus.follow(execution_id, after)
 
     def records(self, status: str | None, limit: int) -> list[dict[str, Any]]:
-        recs = [r.wire() for r in self.embedded.bus.records()]
+        recs = [r.wire() for r in self.bus.records()]
         return [r for r in recs if status is None or r["status"] == status][:limit]
 
 
@@ -420,11 +422,37 @@ def relay(
 
     settings = _settings()
     if embedded or settings.redis_url is None:
-        raise _fail("the embedded relay is not available yet; set CLOUDOPS_REDIS_URL")
-    from worker.celery_dispatch import CeleryDispatcher
+        settings, dispatcher = _embedded_fleet(settings)
+        if not settings.api_tokens:
+            # A token for this run, in a file only this user can read (never in a log line).
+            token = secrets.token_urlsafe(24)
+            path = Path.home() / ".cloudops" / "embedded-token"
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(token + "\n")
+            settings = settings.with_(api_tokens=(token,))
+            sys.stderr.write(f"[cloudops] embedded relay: API token for this run in {path}\n")
+    else:
+        from worker.celery_dispatch import CeleryDispatcher
 
-    app = create_app(settings, CeleryDispatcher(settings))
-    uvicorn.run(app, host=host, port=port, log_level="info")
+        dispatcher = CeleryDispatcher(settings)
+    uvicorn.run(create_app(settings, dispatcher), host=host, port=port, log_level="info")
+
+
+def _embedded_fleet(settings: Settings) -> tuple[Settings, Dispatcher]:
+    """The whole product in this process: an in-process Redis (fakeredis, served on a loopback
+    port so the relay's own clients work unchanged) and executions run in threads here."""
+    from fakeredis import TcpFakeServer
+
+    from worker.embedded import EmbeddedDispatcher, RedisBus
+    from worker.runtime import Runtime
+
+    server = TcpFakeServer(("127.0.0.1", 0), server_type="redis")
+    threading.Thread(target=server.serve_forever, name="cloudops-fakeredis", daemon=True).start()
+    url = f"redis://127.0.0.1:{server.server_address[1]}/0"
+    settings = settings.with_(redis_url=url, broker_url=None)
+    rt = Runtime.build(settings)
+    return settings, EmbeddedDispatcher(settings, RedisBus(rt.publisher, rt.records))
 
 
 def main() -> None:

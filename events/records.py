@@ -237,6 +237,16 @@ class RecordStore:
         )
         pipe.execute()
 
+    def create_raw(self, execution_id: str, fields: Mapping[str, str]) -> None:
+        """A record from ready hash fields (the embedded mode builds them itself)."""
+        now_ms = int(time.time() * 1000)
+        pipe = self._redis.pipeline(transaction=True)
+        mapping: dict[str, str] = {"executionId": execution_id, **fields}
+        pipe.hset(self._keys.record(execution_id), mapping=mapping)  # type: ignore[arg-type]
+        pipe.expire(self._keys.record(execution_id), self._settings.history_ttl_s)
+        pipe.zadd(self._keys.index(), {execution_id: now_ms})
+        pipe.execute()
+
     def raw(self, execution_id: str) -> dict[str, str]:
         data = self._redis.hgetall(self._keys.record(execution_id))
         return {_s(k): _s(v) for k, v in data.items()}

@@ -13,10 +13,10 @@ import queue
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from events.errors import ExecutionEndedError, UnknownExecutionError
-from events.lifecycle import Reporter
+from events.lifecycle import Reporter, Sink
 from events.models import (
     CommandType,
     ExecutionOptions,
@@ -26,7 +26,7 @@ from events.models import (
     event_name,
     utc_now,
 )
-from events.records import ExecutionRecord, record_from_hash
+from events.records import ExecutionRecord, RecordStore, record_from_hash
 from events.settings import Settings
 from worker.commands import command_spec, validate_command
 from worker.dispatch import new_execution_id
@@ -129,12 +129,53 @@ class MemoryBus:
             remove()
 
 
+class LocalBus(Protocol):
+    """What the embedded dispatcher needs of a bus: a Sink plus record creation and lookup."""
+
+    def publish(
+        self,
+        payload: WireModel,
+        *,
+        record: Mapping[str, str | int] | None = None,
+        wait: bool = False,
+    ) -> int | None: ...
+
+    def create(self, execution_id: str, fields: Mapping[str, str]) -> None: ...
+
+    def record(self, execution_id: str) -> ExecutionRecord | None: ...
+
+
+class RedisBus:
+    """A LocalBus on Redis: the embedded relay runs executions in-process but keeps events and
+    records where the relay reads them (its own in-process Redis, see `cloudops relay
+    --embedded`)."""
+
+    def __init__(self, publisher: Sink, records: RecordStore) -> None:
+        self._publisher = publisher
+        self._records = records
+
+    def publish(
+        self,
+        payload: WireModel,
+        *,
+        record: Mapping[str, str | int] | None = None,
+        wait: bool = False,
+    ) -> int | None:
+        return self._publisher.publish(payload, record=record, wait=wait)
+
+    def create(self, execution_id: str, fields: Mapping[str, str]) -> None:
+        self._records.create_raw(execution_id, fields)
+
+    def record(self, execution_id: str) -> ExecutionRecord | None:
+        return self._records.get(execution_id)
+
+
 class EmbeddedDispatcher:
     """Runs executions in threads of this process; same events as the Celery fleet."""
 
-    def __init__(self, settings: Settings, bus: MemoryBus | None = None) -> None:
+    def __init__(self, settings: Settings, bus: LocalBus | None = None) -> None:
         self.settings = settings
-        self.bus = bus or MemoryBus()
+        self.bus: LocalBus = bus or MemoryBus()
         self.worker = f"embedded@{socket.gethostname()}"
         self._executors: dict[str, Executor] = {}
         self._cancelled: set[str] = set()
