@@ -27,6 +27,8 @@ from api.streams import streams, ws_router
 from events.errors import ConfigError
 from events.settings import Settings
 from worker.dispatch import Dispatcher
+from worker.reaper import start_reaper
+from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +52,16 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         relay = await Relay.start(settings, dispatcher, url, opts)
         app.state.relay = relay
+        # The relay also ends executions whose worker is gone (expired lease), so that they
+        # end even when no worker is left to notice. It only reads and publishes: it never
+        # signals a process (hostname None: no execution is local to the relay).
+        reaper = Runtime.build(settings.with_(redis_url=url))
+        stop_reaper = start_reaper(reaper, None)
         try:
             yield
         finally:
+            stop_reaper.set()
+            reaper.publisher.close(timeout_s=2)
             await relay.stop()
 
     app = FastAPI(

@@ -436,7 +436,14 @@ def relay(
         from worker.celery_dispatch import CeleryDispatcher
 
         dispatcher = CeleryDispatcher(settings)
-    uvicorn.run(create_app(settings, dispatcher), host=host, port=port, log_level="info")
+    # Streams never end by themselves: a restart must not wait on them (clients resume).
+    uvicorn.run(
+        create_app(settings, dispatcher),
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_graceful_shutdown=3,
+    )
 
 
 def _embedded_fleet(settings: Settings) -> tuple[Settings, Dispatcher]:
