@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections import deque
 from typing import Any
 
@@ -33,6 +34,31 @@ from events.settings import MIB
 log = logging.getLogger(__name__)
 
 _REDIS_ERRORS = (redis.RedisError, OSError)
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+class RelayEvent(RawEvent):
+    """A RawEvent that keeps its SSE form: formatted once, written to every client."""
+
+    __slots__ = ("_sse",)
+
+    def __init__(self, id: int, event: str, data: str) -> None:
+        super().__init__(id, event, data)
+        self._sse: bytes | None = None
+
+    @property
+    def sse(self) -> bytes:
+        if self._sse is None:
+            data = self.data
+            if "\n" in data or "\r" in data:  # never from our publisher, whose JSON escapes them
+                data = "\ndata: ".join(_LINE_BREAK.split(data))
+            self._sse = f"id: {self.id}\nevent: {self.event}\ndata: {data}\n\n".encode()
+        return self._sse
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
 
 
 class ClientQueue:
@@ -41,7 +67,7 @@ class ClientQueue:
     __slots__ = (
         "_bytes",
         "_items",
-        "_wake",
+        "_waiter",
         "dropped",
         "lagging",
         "max_bytes",
@@ -52,7 +78,7 @@ class ClientQueue:
     def __init__(self, max_bytes: int = 1 * MIB, max_events: int = 1024) -> None:
         self._items: deque[RawEvent] = deque()
         self._bytes = 0
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[bool] | None = None
         self.max_bytes = max_bytes
         self.max_events = max_events
         self.overflowed = False
@@ -74,7 +100,7 @@ class ClientQueue:
         else:
             self._items.append(ev)
             self._bytes += size
-        self._wake.set()
+        self._wakeup()
 
     def take(self) -> list[RawEvent]:
         items = list(self._items)
@@ -90,30 +116,41 @@ class ClientQueue:
 
     def flag_lagging(self) -> None:
         self.lagging = True
-        self._wake.set()
+        self._wakeup()
 
     @property
     def needs_history(self) -> bool:
         return self.overflowed or self.lagging
 
     def notify(self) -> None:
-        self._wake.set()
+        self._wakeup()
+
+    def _wakeup(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
 
     @property
     def queued_bytes(self) -> int:
         return self._bytes
 
     async def wait(self, timeout_s: float) -> bool:
-        """Wait for an event, an overflow or a notification; False when the timeout came first."""
+        """Wait for an event, an overflow or a notification; False when the timeout came first.
+
+        A bare future and one timer: this runs once per event per client, and asyncio.timeout
+        around an Event costs several times more.
+        """
         if self._items or self.needs_history:
             return True
-        self._wake.clear()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiter = waiter
+        timer = loop.call_later(timeout_s, _expire, waiter)
         try:
-            async with asyncio.timeout(timeout_s):
-                await self._wake.wait()
-        except TimeoutError:
-            return False
-        return True
+            return await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
 
 
 class Hub:
@@ -323,7 +360,7 @@ class Hub:
         if not queues:
             return
         try:
-            ev = RawEvent.from_json(data)
+            ev = RelayEvent.from_json(data)
         except (EventDecodeError, UnicodeDecodeError) as e:
             log.warning("hub: dropping a malformed message on %r: %s", channel, e)
             return

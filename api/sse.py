@@ -11,29 +11,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from typing import Literal
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from api.feed import AllFeed, ExecutionFeed
+from api.hub import RelayEvent
 from api.relay import Relay
 from events.models import RawEvent
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
-def format_event(ev: RawEvent) -> str:
-    data = ev.data
-    if "\n" in data or "\r" in data:  # never from our publisher, whose JSON escapes them
-        data = "\ndata: ".join(_LINE_BREAK.split(data))
-    return f"id: {ev.id}\nevent: {ev.event}\ndata: {data}\n\n"
+def format_event(ev: RawEvent) -> bytes:
+    if isinstance(ev, RelayEvent):
+        return ev.sse  # formatted once for every client
+    return RelayEvent(ev.id, ev.event, ev.data).sse
 
 
 def format_batch(batch: list[RawEvent]) -> bytes:
-    return "".join(format_event(ev) for ev in batch).encode()
+    return b"".join(format_event(ev) for ev in batch)
 
 
 class EventStreamResponse(Response):
@@ -45,6 +43,7 @@ class EventStreamResponse(Response):
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self._relay = relay
         self._feed = feed
+        self._sending_since: float | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         relay = self._relay
@@ -70,20 +69,23 @@ class EventStreamResponse(Response):
     ) -> Literal["done", "stalled", "disconnected"]:
         pump = asyncio.create_task(self._pump(send))
         watch = asyncio.create_task(_wait_disconnect(receive))
+        stall = asyncio.create_task(self._watch_stall())
+        tasks = (pump, watch, stall)
         try:
-            await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for t in (pump, watch):
+            for t in tasks:
                 t.cancel()
-            await asyncio.gather(pump, watch, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
         if pump.done() and not pump.cancelled():
             return pump.result()
+        if stall.done() and not stall.cancelled():
+            return "stalled"
         return "disconnected"
 
-    async def _pump(self, send: Send) -> Literal["done", "stalled"]:
+    async def _pump(self, send: Send) -> Literal["done"]:
         loop = asyncio.get_running_loop()
         ping_s = self._relay.settings.sse_ping_interval_s
-        stall_s = self._relay.options.stall_limit_s
         last_send = loop.time()
         async with contextlib.aclosing(self._feed.batches()) as batches:
             async for batch in batches:
@@ -93,13 +95,28 @@ class EventStreamResponse(Response):
                     chunk = b": ping\n\n"
                 else:
                     continue
+                # uvicorn's send waits while the socket's buffer is full: _watch_stall times it.
+                self._sending_since = loop.time()
                 try:
-                    async with asyncio.timeout(stall_s):
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                except TimeoutError:
-                    return "stalled"
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                finally:
+                    self._sending_since = None
                 last_send = loop.time()
         return "done"
+
+    async def _watch_stall(self) -> None:
+        """Returns when one send has waited `stall_limit_s`: the client reads nothing.
+
+        One check every few seconds per stream rather than a timer around every send, which
+        would cost a timer per event per client."""
+        loop = asyncio.get_running_loop()
+        stall_s = self._relay.options.stall_limit_s
+        check_s = max(0.1, min(5.0, stall_s / 4))
+        while True:
+            await asyncio.sleep(check_s)
+            since = self._sending_since
+            if since is not None and loop.time() - since >= stall_s:
+                return
 
     async def _drop(self, send: Send) -> None:
         feed = self._feed

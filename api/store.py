@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
+from api.hub import RelayEvent
 from events.keys import Keys
 from events.models import RawEvent
 from events.records import ExecutionRecord, record_from_hash
@@ -131,7 +132,7 @@ class Store:
         )
         out: list[RawEvent] = []
         for entry_id, fields in entries:
-            ev = RawEvent.from_json(fields.get(b"e") or fields["e"])
+            ev = RelayEvent.from_json(fields.get(b"e") or fields["e"])
             ev.id = int(_s(entry_id).split("-", 1)[0])
             out.append(ev)
         return out

@@ -59,14 +59,18 @@ class WsSession:
         self._subs: dict[str, asyncio.Task[None]] = {}
         self._lock = asyncio.Lock()
         self._tg: asyncio.TaskGroup | None = None
+        # The send in progress (one at a time, under _lock): since when, for what, after what.
+        self._sending_since: float | None = None
+        self._sending: tuple[str, int] = ("*", 0)
 
     async def run(self) -> None:
         self.relay.clients["ws"] += 1
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
+                watch = tg.create_task(self._watch_stall())
                 await self._receive_loop()
-                for task in list(self._subs.values()):
+                for task in [watch, *self._subs.values()]:
                     task.cancel()
         except* _SlowClient as group:
             slow = group.exceptions[0]
@@ -74,6 +78,27 @@ class WsSession:
             await self._close_slow(slow)
         finally:
             self.relay.clients["ws"] -= 1
+
+    async def _watch_stall(self) -> None:
+        """Raises _SlowClient when one send has waited `stall_limit_s` (see sse.py)."""
+        loop = asyncio.get_running_loop()
+        stall_s = self.relay.options.stall_limit_s
+        check_s = max(0.1, min(5.0, stall_s / 4))
+        while True:
+            await asyncio.sleep(check_s)
+            since = self._sending_since
+            if since is not None and loop.time() - since >= stall_s:
+                raise _SlowClient(*self._sending)
+
+    async def _send(self, text: str, target: str, last_sent: int) -> None:
+        """One message; the caller holds _lock. uvicorn's send waits while the socket's
+        buffer is full, and _watch_stall times that."""
+        self._sending = (target, last_sent)
+        self._sending_since = asyncio.get_running_loop().time()
+        try:
+            await self.ws.send_text(text)
+        finally:
+            self._sending_since = None
 
     async def _close_slow(self, slow: _SlowClient) -> None:
         await self.relay.note_dropped("WebSocket", f"{slow.target} after id {slow.last_sent}")
@@ -165,7 +190,6 @@ class WsSession:
             del self._subs[target]
 
     async def _pump(self, target: str, feed: ExecutionFeed | AllFeed) -> None:
-        stall_s = self.relay.options.stall_limit_s
         last_sent = feed.last_id
         try:
             async with contextlib.aclosing(feed.batches()) as batches:
@@ -174,11 +198,7 @@ class WsSession:
                         continue
                     async with self._lock:
                         for ev in batch:
-                            try:
-                                async with asyncio.timeout(stall_s):
-                                    await self.ws.send_text(ev.data)
-                            except TimeoutError:
-                                raise _SlowClient(target, last_sent) from None
+                            await self._send(ev.data, target, last_sent)
                             last_sent = ev.id
         except _SEND_ERRORS:
             return  # the socket is gone; the receive loop ends the session
@@ -187,8 +207,4 @@ class WsSession:
 
     async def _send_json(self, obj: dict[str, Any]) -> None:
         async with self._lock:
-            try:
-                async with asyncio.timeout(self.relay.options.stall_limit_s):
-                    await self.ws.send_text(json.dumps(obj))
-            except TimeoutError:
-                raise _SlowClient(str(obj.get("subscribed", "*")), 0) from None
+            await self._send(json.dumps(obj), str(obj.get("subscribed", "*")), 0)
