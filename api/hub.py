@@ -219,7 +219,7 @@ class Hub:
             self._seq_keys[ch] = seq_key
         fut = await self._sync(ch)
         if fut is not None:
-            # A lost confirmation costs nothing: the client's id checks and idle refill cover it.
+            # A lost confirmation costs little: id jumps and the lost-message check cover it.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._confirm_timeout_s):
                     await asyncio.shield(fut)
