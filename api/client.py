@@ -73,6 +73,8 @@ class RelayClient:
                     headers={"Last-Event-ID": str(last), "Accept": "text/event-stream"},
                     timeout=httpx.Timeout(30.0, read=None),
                 ) as resp:
+                    if resp.status_code == 204:
+                        return  # it ended at or before `last`: nothing more will come
                     if resp.status_code != 200:
                         resp.read()
                         self._check(resp, execution_id)

@@ -18,7 +18,7 @@ from events.models import RawEvent, decode, parse_time
 from events.settings import Settings
 from tests.helpers import REPO, cloudops_argv, payloads, venv_path_env
 from tests.worker.test_cancel import assert_tree_dead, new_marker, tree_script, wait_tree_up
-from worker.embedded import EmbeddedDispatcher
+from worker.embedded import EmbeddedDispatcher, MemoryBus
 from worker.playbook_spec import PlaybookError
 
 
@@ -27,8 +27,13 @@ def embedded() -> Iterator[EmbeddedDispatcher]:
     yield EmbeddedDispatcher(Settings(kill_grace_s=1.0))
 
 
+def memory_bus(d: EmbeddedDispatcher) -> MemoryBus:
+    assert isinstance(d.bus, MemoryBus)
+    return d.bus
+
+
 def follow(d: EmbeddedDispatcher, ex: str) -> list[RawEvent]:
-    return list(d.bus.follow(ex))
+    return list(memory_bus(d).follow(ex))
 
 
 def test_embedded_playbook_gives_the_fleet_events(embedded: EmbeddedDispatcher) -> None:
@@ -87,7 +92,7 @@ def test_embedded_failure_stops_and_bad_playbooks_are_refused(
             "name: x\nsteps:\n  - {id: a, command: echo}\n  - {id: a, command: echo}\n",
             source="bad.yml",
         )
-    assert [r.execution_id for r in embedded.bus.records()] == [ex]
+    assert [r.execution_id for r in memory_bus(embedded).records()] == [ex]
 
 
 def test_embedded_cancel_mid_step(embedded: EmbeddedDispatcher, tmp_path: Path) -> None:
