@@ -21,9 +21,11 @@ from tests.benchmarks.fleet import Fleet
 CHATTY = Path(__file__).with_name("chatty.py")
 
 
-def chatty_argv(duration_s: float, line_bytes: int = 0, go_file: Path | None = None) -> list[str]:
-    """One line per ms for `duration_s`; see chatty.py."""
-    argv = [sys.executable, "-u", str(CHATTY), str(duration_s), "1", str(line_bytes)]
+def chatty_argv(
+    duration_s: float, line_bytes: int = 0, go_file: Path | None = None, interval_ms: float = 1
+) -> list[str]:
+    """One line per `interval_ms` (default 1) for `duration_s`; see chatty.py."""
+    argv = [sys.executable, "-u", str(CHATTY), str(duration_s), str(interval_ms), str(line_bytes)]
     return argv + ([str(go_file)] if go_file else [])
 
 
@@ -43,14 +45,15 @@ class LineLatency:
                 self.samples_ms.append((arrived_ns - written_ns) / 1e6)
 
 
-def pipe_latencies(executions: int, duration_s: float) -> list[float]:
+def pipe_latencies(executions: int, duration_s: float, interval_ms: float = 1) -> list[float]:
     """The baseline: `executions` chatty commands read directly from their pipes."""
     sel = selectors.DefaultSelector()
     procs = []
     collectors: dict[int, LineLatency] = {}
     try:
         for _ in range(executions):
-            proc = subprocess.Popen(chatty_argv(duration_s), stdout=subprocess.PIPE)
+            argv = chatty_argv(duration_s, interval_ms=interval_ms)
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE)
             assert proc.stdout is not None
             procs.append(proc)
             fd = proc.stdout.fileno()
@@ -78,9 +81,11 @@ def pipe_latencies(executions: int, duration_s: float) -> list[float]:
     return [s for c in collectors.values() for s in c.samples_ms]
 
 
-def worker_latencies(fleet: Fleet, executions: int, duration_s: float) -> list[float]:
+def worker_latencies(
+    fleet: Fleet, executions: int, duration_s: float, interval_ms: float = 1
+) -> list[float]:
     """Ours: `executions` chatty commands on the fleet, each read by its own Follower."""
-    command = shlex.join(chatty_argv(duration_s))
+    command = shlex.join(chatty_argv(duration_s, interval_ms=interval_ms))
     collectors = [LineLatency() for _ in range(executions)]
     errors: list[str] = []
 
@@ -105,7 +110,8 @@ def worker_latencies(fleet: Fleet, executions: int, duration_s: float) -> list[f
         t.join(timeout=duration_s + 90)
     if errors or any(t.is_alive() for t in threads):
         raise AssertionError(f"chatty executions did not complete: {errors}")
-    expected_lines = int(duration_s * 1000 * 0.5)  # a loaded machine misses ticks, not half
+    # A loaded machine misses ticks, not half of them.
+    expected_lines = int(duration_s * 1000 / interval_ms * 0.5)
     short = [len(c.samples_ms) for c in collectors if len(c.samples_ms) < expected_lines]
     if short:
         raise AssertionError(f"executions with too few lines: {short}")

@@ -26,12 +26,12 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 ROW_MODULES = (
     "throughput",
     "latency",
+    "latency_fleet",
     "cancel",
     "dispatch",
     "memory",
     "batch",
     "relay",
-    "pending",
 )
 
 
