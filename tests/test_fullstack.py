@@ -252,3 +252,42 @@ def test_worker_stopped_with_sigterm_ends_its_command_cleanly(stack: Stack) -> N
     assert live_pids_with(marker) == []
     output = httpx.get(f"{stack.relay_url}/api/executions/{ex}/output", headers=headers).text
     assert output == "begin\n"
+
+
+def test_cli_remote_gives_the_embedded_events_and_fleet_mode_speaks_tls(stack: Stack) -> None:
+    from tests.cli.test_cli import comparable, embedded_env
+
+    command = "echo one; sleep 0.1; echo two >&2; sleep 0.1; printf 'no newline'; exit 4"
+    embedded = subprocess.run(
+        cloudops_argv("run", "--json", "--", command),
+        env=embedded_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    remote_env = stack.env(CLOUDOPS_API_TOKEN=TOKEN)
+    del remote_env["CLOUDOPS_REDIS_URL"]
+    remote = subprocess.run(
+        cloudops_argv("run", "--remote", stack.relay_url, "--json", "--", command),
+        env=remote_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert embedded.returncode == remote.returncode == 4, remote.stderr
+    assert comparable(embedded.stdout.splitlines()) == comparable(remote.stdout.splitlines())
+    ex = json.loads(remote.stdout.splitlines()[0])["executionId"]
+    # The CLI in fleet mode, straight to the TLS Redis with its password.
+    listed = subprocess.run(
+        cloudops_argv("ls", "--json"),
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert listed.returncode == 0, listed.stderr
+    records = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert any(r["executionId"] == ex and r["status"] == "failed" for r in records)
