@@ -75,7 +75,8 @@ def command_spec(
     """The executor's spec. `argv` overrides parsing (playbooks substitute params per argument)."""
     if argv is None:
         parsed = validate_command(command, command_type)
-        argv = parsed if parsed is not None else ["bash", "-c", command]
+        # `--`: a script that starts with `-` (`-x`, `--json`) is the script, not bash's option.
+        argv = parsed if parsed is not None else ["bash", "-c", "--", command]
     return CommandSpec(
         argv=argv,
         env=build_env(os.environ if base_env is None else base_env, options, env),
