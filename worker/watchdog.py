@@ -46,15 +46,19 @@ class Watchdog:
     def _run(self) -> None:
         s = self._rt.settings
         next_beat = 0.0
+        stopping = False
+        # The lease is renewed until the run is over, not only until a stop is requested: a
+        # cancelled command gets up to kill_grace_s before SIGKILL, and a reaper must not
+        # declare a run lost while it is still ending.
         while not self._stop.wait(s.cancel_poll_interval_s):
-            if os.getppid() != self._parent:
+            if not stopping and os.getppid() != self._parent:
                 log.error("worker process gone; stopping execution %s", self._execution_id)
                 self._executor.request_stop(StopReason.WORKER_LOST)
-                return
+                stopping = True
             try:
-                if self._rt.records.cancel_requested(self._execution_id):
+                if not stopping and self._rt.records.cancel_requested(self._execution_id):
                     self._executor.request_stop(StopReason.CANCELLED)
-                    return
+                    stopping = True
                 now = time.monotonic()
                 if now >= next_beat:
                     self._rt.records.renew_lease(self._execution_id, self._worker)
