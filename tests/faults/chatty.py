@@ -1,10 +1,11 @@
 """The command every fault test runs: deterministic chatty output, each line also kept in a file.
 
     python -u chatty.py MARKER OUT_DIR [--seconds S] [--interval-ms I] [--burst B]
-                        [--stderr-every K] [--go FILE]
+                        [--stderr-every K] [--go FILE] [--ignore-term]
 
 Every I ms it prints B lines (every K-th line also on stderr), for S seconds; with --go it waits
-for FILE to exist first (so that many commands can start before any of them loads the host).
+for FILE to exist first (so that many commands can start before any of them loads the host);
+with --ignore-term SIGTERM does not stop it (only SIGKILL does).
 Each batch is written to OUT_DIR/stdout (OUT_DIR/stderr) *before* it goes to the pipe, each with
 one write(2) and no buffering: whatever the worker streamed is then a prefix of the file even if
 the command is killed between the two writes, and equal to it if the command ends normally.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import time
 
 _FILLER = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -38,7 +40,10 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=1)
     parser.add_argument("--stderr-every", type=int, default=10)
     parser.add_argument("--go")
+    parser.add_argument("--ignore-term", action="store_true")
     args = parser.parse_args()
+    if args.ignore_term:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if args.go:
         give_up = time.monotonic() + 300
         while not os.path.exists(args.go) and time.monotonic() < give_up:

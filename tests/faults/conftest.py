@@ -224,6 +224,7 @@ class Fleet:
         burst: int = 1,
         stderr_every: int = 10,
         go: Path | None = None,
+        ignore_term: bool = False,
         expect: frozenset[str] = frozenset({"completed"}),
         error_contains: str | None = None,
         submit: Callable[[str], str] | None = None,
@@ -239,6 +240,8 @@ class Fleet:
         argv += ["--burst", str(burst), "--stderr-every", str(stderr_every)]
         if go is not None:
             argv += ["--go", str(go)]
+        if ignore_term:
+            argv.append("--ignore-term")
         command = shlex.join(argv)
         if submit is not None:
             ex = submit(command)
