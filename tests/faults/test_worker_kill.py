@@ -90,7 +90,7 @@ def test_worker_sigkilled_mid_run(
     # The fleet goes on: new work runs on the survivor.
     after: list[Tracked] = [fleet.chatty(seconds=1, interval_ms=5) for _ in range(2)]
     known = [WORKER_LOST_REPORTED_AS_SHUTDOWN, lost_execution_left_running(lost)]
-    fleet.check(timeout_s=60, known=known)
+    fleet.check(timeout_s=30, known=known)
     lost_s = time.monotonic() - t0
     rec = fleet.dispatcher.rt.records
     for t in waiting + after:
