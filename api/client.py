@@ -26,7 +26,19 @@ class RelayClient:
     def __init__(self, base_url: str, token: str | None, *, timeout_s: float = 30.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
+        try:
+            url = httpx.URL(self.base_url)
+        except httpx.InvalidURL as e:
+            raise InvalidRequestError("remote", f"not a URL: {base_url!r}") from e
+        if url.scheme not in ("http", "https") or not url.host:
+            raise InvalidRequestError("remote", f"must be an http(s) URL, got {base_url!r}")
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout_s)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as e:
+            raise RelayError(f"relay {self.base_url} unreachable: {e}") from e
 
     def close(self) -> None:
         self._http.close()
@@ -45,20 +57,22 @@ class RelayClient:
         return resp.json() if resp.content else None
 
     def submit(self, body: Mapping[str, Any]) -> str:
-        data = self._check(self._http.post("/api/executions", json=dict(body)))
+        data = self._check(self._request("POST", "/api/executions", json=dict(body)))
         return str(data["executionId"])
 
     def cancel(self, execution_id: str) -> None:
-        self._check(self._http.post(f"/api/executions/{execution_id}/cancel"), execution_id)
+        self._check(self._request("POST", f"/api/executions/{execution_id}/cancel"), execution_id)
 
     def get(self, execution_id: str) -> dict[str, Any]:
-        return dict(self._check(self._http.get(f"/api/executions/{execution_id}"), execution_id))
+        return dict(
+            self._check(self._request("GET", f"/api/executions/{execution_id}"), execution_id)
+        )
 
     def list(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit}
         if status:
             params["status"] = status
-        data = self._check(self._http.get("/api/executions", params=params))
+        data = self._check(self._request("GET", "/api/executions", params=params))
         return list(data if isinstance(data, list) else data.get("executions", []))
 
     def follow(self, execution_id: str, after: int = 0) -> Iterator[RawEvent]:

@@ -28,7 +28,7 @@ from events.lifecycle import Reporter
 from events.models import ExecutionOptions, utc_now
 from events.records import StepRecord
 from worker.dispatch import new_execution_id
-from worker.executor import Executor, StopReason
+from worker.executor import Executor
 from worker.finish import StepSender, admit, finish, step_task_id
 from worker.playbook_spec import (
     Playbook,
@@ -38,6 +38,7 @@ from worker.playbook_spec import (
     render_playbook,
 )
 from worker.runner import (
+    TaskStop,
     cancel_confirmed_in,
     cancel_unstarted,
     masker_for,
@@ -46,7 +47,7 @@ from worker.runner import (
 )
 from worker.runtime import Runtime
 from worker.steps import Ending, after_step, report_ending, run_step
-from worker.watchdog import Watchdog
+from worker.watchdog import Watchdog, lease_kept
 
 log = logging.getLogger(__name__)
 
@@ -128,33 +129,6 @@ def submit_playbook(
     return execution_id
 
 
-class _StepStop:
-    """A stop for a whole step task: SIGTERM (a revoke, or the worker's death) stops the
-    attempt running now and every later one. Only called from the signal handler and the task's
-    own thread, so attaching the next attempt's executor cannot race with a close."""
-
-    def __init__(self) -> None:
-        self.reason: StopReason | None = None
-        self.executor: Executor | None = None
-
-    def request_stop(self, reason: StopReason = StopReason.CANCELLED) -> None:
-        if self.reason is None:
-            self.reason = reason
-        executor = self.executor
-        if executor is not None:
-            executor.request_stop(reason)
-
-    @contextlib.contextmanager
-    def attached(self, executor: Executor) -> Iterator[None]:
-        self.executor = executor
-        if self.reason is not None:
-            executor.request_stop(self.reason)
-        try:
-            yield
-        finally:
-            self.executor = None
-
-
 def run_playbook_step(
     rt: Runtime,
     execution_id: str,
@@ -170,13 +144,13 @@ def run_playbook_step(
     reporter = Reporter(rt.publisher, execution_id, worker=worker)
     if claim == "cancel":
         cancel_unstarted(reporter, started_at=rt.records.field(execution_id, "startedAt"))
-        _end(rt, execution_id, send)
+        _end(rt, execution_id, worker, send)
         return "cancelled"
     if claim != "ok":
         # Cancelled while queued, already ended, a duplicate delivery, or unknown.
         log.info("step %d of %s not run: %s", index + 1, execution_id, claim)
         return claim
-    stop = _StepStop()
+    stop = TaskStop()
     try:
         with sigterm_stops(stop):
             return _run_claimed(rt, reporter, execution_id, index, worker, send, stop)
@@ -193,7 +167,7 @@ def _run_claimed(
     index: int,
     worker: str,
     send: StepSender,
-    stop: _StepStop,
+    stop: TaskStop,
 ) -> str:
     spec_text, started_at = rt.records.fields(execution_id, "spec", "startedAt")
     spec: dict[str, Any] = json.loads(spec_text or "{}")
@@ -223,7 +197,7 @@ def _run_claimed(
         if ending is None:
             return outcome.status
     report_ending(reporter, ending, started_at)
-    _end(rt, execution_id, send)
+    _end(rt, execution_id, worker, send)
     return ending.status
 
 
@@ -248,8 +222,8 @@ def _hand_off(
     return None
 
 
-def _end(rt: Runtime, execution_id: str, send: StepSender) -> None:
-    with contextlib.suppress(Exception):
+def _end(rt: Runtime, execution_id: str, worker: str, send: StepSender) -> None:
+    with contextlib.suppress(Exception), lease_kept(rt, execution_id, worker):
         rt.publisher.flush(60)
     try:
         finish(rt, execution_id, send)

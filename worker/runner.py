@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
@@ -22,8 +23,9 @@ from events.settings import Settings
 from worker.commands import command_spec
 from worker.executor import CommandSpec, Executor, RunResult, StopReason
 from worker.finish import StepSender, finish
+from worker.proctree import alive
 from worker.runtime import Runtime
-from worker.watchdog import Watchdog
+from worker.watchdog import Watchdog, lease_kept
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,34 @@ def executor_for(
 
 class Stoppable(Protocol):
     def request_stop(self, reason: StopReason = StopReason.CANCELLED) -> None: ...
+
+
+class TaskStop:
+    """A stop for a whole task: SIGTERM (a revoke, or the worker's death) stops the command
+    running now and every later one, and never raises SystemExit between them (billiard's
+    handler would, leaving a claimed execution with no execution_complete). Only called from
+    the signal handler and the task's own thread."""
+
+    def __init__(self) -> None:
+        self.reason: StopReason | None = None
+        self.executor: Executor | None = None
+
+    def request_stop(self, reason: StopReason = StopReason.CANCELLED) -> None:
+        if self.reason is None:
+            self.reason = reason
+        executor = self.executor
+        if executor is not None:
+            executor.request_stop(reason)
+
+    @contextlib.contextmanager
+    def attached(self, executor: Executor) -> Iterator[None]:
+        self.executor = executor
+        if self.reason is not None:
+            executor.request_stop(self.reason)
+        try:
+            yield
+        finally:
+            self.executor = None
 
 
 @contextlib.contextmanager
@@ -109,11 +139,24 @@ def classify_stop(
         # A SIGTERM with no cancel request: our worker died (the kernel's parent-death signal;
         # we were re-parented) or it is being shut down; either way not the user's doing.
         result.status = "failed"
-        if os.getppid() != parent_pid:
+        if parent_died(parent_pid):
             result.error, result.stop_reason = WORKER_LOST_ERROR, StopReason.WORKER_LOST
         else:
             result.error, result.stop_reason = "worker shut down while running", StopReason.SHUTDOWN
     return result
+
+
+def parent_died(parent_pid: int, wait_s: float = 1.0) -> bool:
+    """Whether the worker's main process died. The parent-death SIGTERM comes when the thread
+    that forked us exits, possibly before the process is gone and we are re-parented: give it
+    a moment before deciding it was a shutdown."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        if os.getppid() != parent_pid or not alive(parent_pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
 
 
 def run_command(
@@ -177,29 +220,40 @@ def run_queued_command(
         # Already ended, already running elsewhere, or unknown: never run twice.
         log.info("execution %s not run: %s", execution_id, claim)
         return claim
+    stop = TaskStop()
     try:
-        spec_data = rt.records.spec(execution_id) or {}
-        options = ExecutionOptions.model_validate(spec_data.get("options") or {})
-        command = str(spec_data.get("command", ""))
-        command_type = spec_data.get("commandType", "script")
-        spec = command_spec(command, command_type, options)
+        with sigterm_stops(stop):
+            try:
+                spec_data = rt.records.spec(execution_id) or {}
+                options = ExecutionOptions.model_validate(spec_data.get("options") or {})
+                command = str(spec_data.get("command", ""))
+                command_type = spec_data.get("commandType", "script")
+                spec = command_spec(command, command_type, options)
+            except Exception as e:
+                # A claimed execution always ends: never leave its record 'running'.
+                log.exception("execution %s cannot start", execution_id)
+                reporter.complete("failed", utc_now(), error=f"could not start: {e}")
+                return "failed"
 
-        def watch(executor: Executor) -> Watchdog:
-            return Watchdog(rt, execution_id, worker, executor)
+            @contextlib.contextmanager
+            def watch(executor: Executor) -> Iterator[None]:
+                with stop.attached(executor), Watchdog(rt, execution_id, worker, executor):
+                    yield
 
-        return run_command(
-            reporter,
-            rt.settings,
-            command=command,
-            command_type=command_type,
-            options=options,
-            spec=spec,
-            watch=watch,
-            cancel_confirmed=lambda: cancel_confirmed_in(rt, execution_id),
-            on_start=pid_recorder(rt, execution_id),
-        )
+            return run_command(
+                reporter,
+                rt.settings,
+                command=command,
+                command_type=command_type,
+                options=options,
+                spec=spec,
+                watch=watch,
+                cancel_confirmed=lambda: cancel_confirmed_in(rt, execution_id),
+                on_start=pid_recorder(rt, execution_id),
+            )
     finally:
-        rt.publisher.flush(60)
+        with lease_kept(rt, execution_id, worker):
+            rt.publisher.flush(60)
         rt.publisher.forget(execution_id)
         with contextlib.suppress(Exception):
             finish(rt, execution_id, send)

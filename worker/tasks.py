@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+from collections.abc import Iterator
 from typing import Any
 
 from billiard.util import set_pdeathsig
@@ -20,30 +23,44 @@ def step_sender() -> StepSender:
     return celery_step_sender(app, current_settings().default_queue)
 
 
+@contextlib.contextmanager
+def leaving_if_orphaned() -> Iterator[None]:
+    """A pool process whose worker died ends once its task has reported: nothing else would
+    stop it (it would block forever on the dead worker's task pipe)."""
+    parent = os.getppid()
+    try:
+        yield
+    finally:
+        if os.getppid() != parent:
+            os._exit(0)
+
+
 @app.task(name=TASK_RUN_COMMAND, bind=True)  # type: ignore[untyped-decorator]
 def run_command_task(self: Any, execution_id: str) -> str:
     rt = get_runtime(current_settings())
-    return run_queued_command(
-        rt,
-        execution_id,
-        worker=str(self.request.hostname),
-        task_id=str(self.request.id),
-        send=step_sender(),
-    )
+    with leaving_if_orphaned():
+        return run_queued_command(
+            rt,
+            execution_id,
+            worker=str(self.request.hostname),
+            task_id=str(self.request.id),
+            send=step_sender(),
+        )
 
 
 @app.task(name=TASK_RUN_STEP, bind=True)  # type: ignore[untyped-decorator]
 def run_playbook_step_task(self: Any, execution_id: str, index: int) -> str:
     """Step `index` (0-based) of a playbook run; queues the next step when it ends."""
     rt = get_runtime(current_settings())
-    return run_playbook_step(
-        rt,
-        execution_id,
-        index,
-        worker=str(self.request.hostname),
-        task_id=str(self.request.id),
-        send=step_sender(),
-    )
+    with leaving_if_orphaned():
+        return run_playbook_step(
+            rt,
+            execution_id,
+            index,
+            worker=str(self.request.hostname),
+            task_id=str(self.request.id),
+            send=step_sender(),
+        )
 
 
 @worker_process_init.connect(weak=False)  # type: ignore[untyped-decorator]

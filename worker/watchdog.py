@@ -8,10 +8,12 @@ died (SIGKILL, OOM) is re-parented: it then kills the command's tree itself.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from types import TracebackType
 
 from worker.executor import Executor, StopReason
@@ -65,3 +67,23 @@ class Watchdog:
                     next_beat = now + s.heartbeat_interval_s
             except Exception as e:  # Redis unreachable: the command goes on
                 log.debug("watchdog of %s: %s", self._execution_id, e)
+
+
+@contextlib.contextmanager
+def lease_kept(rt: Runtime, execution_id: str, worker: str) -> Iterator[None]:
+    """Renew the lease while the block runs: after the command ended, publishing a backlog of
+    events can outlast the lease under load, and a reaper must not declare a live run lost."""
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(rt.settings.heartbeat_interval_s):
+            with contextlib.suppress(Exception):
+                rt.records.renew_lease(execution_id, worker)
+
+    thread = threading.Thread(target=renew, name="cloudops-lease", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=2)
