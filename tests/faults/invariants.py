@@ -332,77 +332,13 @@ def require(ok: bool, violation: str, known: Sequence[KnownBug] = ()) -> None:
         raise AssertionError(violation)
 
 
-# -- bugs found by this suite in code its authors do not own (see the report of issue 8) ------
-
-WORKER_LOST_REPORTED_AS_SHUTDOWN = KnownBug(
-    ("('worker shut down while running'); expected one of ['failed'] with 'worker lost'",),
-    "worker/runner.py classify_stop tells 'worker lost' from 'shut down' by os.getppid() right "
-    "after the parent-death SIGTERM, but the kernel sends that signal when the *thread* that "
-    "forked the pool process exits, before the SIGKILLed worker's last thread is gone and the "
-    "pool process re-parented: getppid() may still name the dying worker",
-)
-
-
-def left_running(execution_ids: Iterable[str], reason: str) -> KnownBug:
-    """These executions (only these) ending with no execution_complete, record 'running'."""
-    matches = []
-    for ex in execution_ids:
-        matches += [f"{ex}: 0 execution_complete", f"{ex}: record status 'running'"]
-        matches += [f"{ex}: ended None", f"{ex}: ids not contiguous 1..0"]
-    return KnownBug(tuple(matches), reason)
-
-
-def lost_execution_left_running(execution_ids: Iterable[str]) -> KnownBug:
-    return left_running(
-        execution_ids,
-        "worker/runner.py: the parent-death SIGTERM comes twice (the forking thread's exit, "
-        "then the process's); the second, after sigterm_stops restored billiard's handler, "
-        "raises SystemExit before the execution_complete is queued, and run_queued_command's "
-        "finally still calls finish(), which takes the run off the running set: no reaper "
-        "ever ends it, its record stays 'running'",
-    )
-
-
-def malformed_spec_left_running(execution_ids: Iterable[str]) -> KnownBug:
-    return left_running(
-        execution_ids,
-        "worker/runner.py run_queued_command: a claimed execution whose spec cannot become a "
-        "command (options that do not validate, an unknown commandType, no command, a spec "
-        "that is not a JSON object) raises after the claim, and the finally still finish()es "
-        "it: off the running set with no execution_complete, its record 'running' forever "
-        "instead of failed (could not start)",
-    )
-
-
-KILLED_WORKER_POOL_ORPHANED = KnownBug(
-    ("processes of the SIGKILLed worker left running",),
-    "worker/tasks.py sets the pool processes' parent-death signal to SIGTERM, which the running "
-    "task handles; once the task has ended nothing signals them again, and they block forever "
-    "reading the dead worker's task pipe (its siblings hold the write end)",
-)
-
-RELAY_SIGTERM_WAITS_FOR_STREAMS = KnownBug(
-    ("the relay took",),
-    "api/cli.py relay runs uvicorn.run() without timeout_graceful_shutdown: on SIGTERM it "
-    "waits for every open SSE stream to end by itself (api/app.py says to set it)",
-)
-
-CLI_RELAY_ERRORS_UNCAUGHT = KnownBug(
-    ("crashed: UnsupportedProtocol", "crashed: ConnectError", "crashed: InvalidURL"),
-    "api/client.py RelayClient lets httpx errors out (a malformed or unreachable --remote / "
-    "CLOUDOPS_API_URL): `cloudops run --remote URL` ends in a traceback, not one error line",
-)
+# -- bugs found by this suite in code it does not own, reported and not fixed yet -------------
+# (Fixed since, and so checked strictly again: worker lost reported as shut down, lost and
+# malformed-spec executions left 'running', orphaned pool processes, the lease lapsing during
+# the final flush, the relay's unbounded graceful stop, tracebacks from --remote.)
 
 WORKER_DIES_ON_QUEUE_GARBAGE = KnownBug(
     ("after a queue item that is not a message",),
     "kombu's Redis transport json-decodes what it pops from the queue list in the worker's "
     "consumer loop: one item that is not JSON is 'Unrecoverable error' and the worker shuts down",
-)
-
-LEASE_LAPSES_WHILE_FLUSHING = KnownBug(
-    ("(no heartbeat from its host)'); expected one of",),
-    "worker/runner.py: report_result and the final publisher.flush run after the Watchdog has "
-    "stopped, so nothing renews the lease while a backlog of events is published; under heavy "
-    "load that flush took 11 s, the lease (8 s) lapsed and a reaper declared the live, "
-    "cancelling run lost (failed: worker lost) instead of cancelled",
 )

@@ -24,7 +24,7 @@ from api.client import RelayClient
 from events.models import RawEvent
 from tests.conftest import worker_env
 from tests.faults.conftest import Fleet, MakeFleet, PrivateRedis, hold
-from tests.faults.invariants import LEDGER, RELAY_SIGTERM_WAITS_FOR_STREAMS, Tracked, require
+from tests.faults.invariants import LEDGER, Tracked, require
 from tests.helpers import ManagedProcess, cloudops_argv, free_port, start_process, wait_until
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
@@ -152,5 +152,4 @@ def test_relay_restarted_while_sse_clients_follow(
     require(
         exit_s["SIGTERM"] < STOP_TIMEOUT_S,
         f"the relay took {exit_s['SIGTERM']:.1f} s to stop on SIGTERM with SSE clients attached",
-        known=[RELAY_SIGTERM_WAITS_FOR_STREAMS],
     )
