@@ -37,6 +37,11 @@ def validate_command(command: str, command_type: str) -> list[str] | None:
     return argv
 
 
+def script_argv(script: str) -> list[str]:
+    """bash runs the script; `--` so that a script starting with '-' is not read as options."""
+    return ["bash", "-c", "--", script]
+
+
 def command_type_of(command: str) -> str:
     """`aws ...` is aws_cli, anything else a script (CONTRACT §4)."""
     first = command.strip().split(None, 1)
@@ -76,7 +81,7 @@ def command_spec(
     if argv is None:
         parsed = validate_command(command, command_type)
         # `--`: a script that starts with `-` (`-x`, `--json`) is the script, not bash's option.
-        argv = parsed if parsed is not None else ["bash", "-c", "--", command]
+        argv = parsed if parsed is not None else script_argv(command)
     return CommandSpec(
         argv=argv,
         env=build_env(os.environ if base_env is None else base_env, options, env),

@@ -25,7 +25,7 @@ from typing import Any
 from events.lifecycle import Reporter
 from events.models import CompleteStatus, ExecutionOptions
 from events.settings import Settings
-from worker.commands import command_spec
+from worker.commands import command_spec, script_argv
 from worker.executor import CommandSpec, Executor, StopReason
 from worker.playbook_spec import RenderedStep
 from worker.runner import CANCEL_REASON, classify_stop, executor_for, masker_for
@@ -63,7 +63,7 @@ class Ending:
 
 def step_spec(step: RenderedStep) -> CommandSpec:
     """What the executor runs: aws_cli steps without a shell, scripts with `bash -c`."""
-    argv = list(step.argv) if step.argv is not None else ["bash", "-c", step.script or ""]
+    argv = list(step.argv) if step.argv is not None else script_argv(step.script or "")
     return command_spec(
         step.display_command, step.command_type, step.options, argv=argv, env=step.env
     )
