@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,27 +18,17 @@ import redis
 from events.keys import Keys
 from events.settings import Settings
 from events.subscriber import iter_history
+from tests.helpers import free_port as free_port
+from tests.helpers import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(
     predicate: Callable[[], Any], timeout_s: float = 10.0, interval_s: float = 0.02, what: str = ""
 ) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what or predicate}")
-        time.sleep(interval_s)
+    """tests.helpers.wait_until, untyped for predicates that may return None."""
+    return wait_until(predicate, timeout_s, interval_s, what)
 
 
 @dataclass
