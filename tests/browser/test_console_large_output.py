@@ -4,6 +4,7 @@ pauses auto-scroll, and the download holds the whole output byte for byte."""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -57,7 +58,9 @@ def test_200k_lines_keep_the_page_responsive(page: Page, fleet: Fleet) -> None:
 
     t0 = time.monotonic()
     ex = ui.run_command(AWK)
-    expect(ui.output_line("line 000001 ok")).to_be_visible(timeout=15_000)
+    # Any line: under load the first ones may already be trimmed from the capped DOM by the
+    # time the page is looked at.
+    expect(terminal).to_contain_text(re.compile(r"line \d{6} ok"), timeout=30_000)
     first_output_s = time.monotonic() - t0
 
     latencies: list[float] = []
