@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 from events.errors import EventDecodeError
 from events.models import RawEvent
 from events.settings import MIB
+from events.subscriber import as_is_async
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +299,7 @@ class Hub:
     async def _run(self) -> None:
         backoff_s = 0.1
         while True:
-            ps: Any = self._client.pubsub()
+            ps: Any = self._client.pubsub(push_handler_func=as_is_async)
             try:
                 await ps.connect()
                 ps.connection.register_connect_callback(self._on_reconnect)

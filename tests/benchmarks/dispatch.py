@@ -12,6 +12,7 @@ import uuid
 
 import redis
 
+from events.subscriber import as_is
 from tests.benchmarks.core import Context, Figure, Target, percentile, row
 from tests.benchmarks.fleet import Fleet, delete_prefix
 from tests.benchmarks.noop_app import make_app, send_noop
@@ -25,7 +26,7 @@ class EventTimes:
     channel, subscribed before anything is submitted."""
 
     def __init__(self, client: redis.Redis, channel: str) -> None:
-        self._pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+        self._pubsub = client.pubsub(push_handler_func=as_is)  # type: ignore[no-untyped-call]
         self._pubsub.subscribe(channel)
         while (m := self._pubsub.get_message(timeout=5.0)) is None or m["type"] != "subscribe":
             pass

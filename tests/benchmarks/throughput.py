@@ -4,7 +4,6 @@ one-PUBLISH-per-line streamer."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -19,7 +18,7 @@ from events.publisher import Publisher, make_redis
 from events.settings import Settings
 from tests.benchmarks.core import Context, Figure, Target, mb_per_s, median, row
 from tests.benchmarks.fleet import Fleet, delete_prefix
-from tests.benchmarks.probes import NAIVE_END, Probe
+from tests.benchmarks.probes import NAIVE_END, Probe, output_bytes
 from worker.executor import CommandSpec, Executor
 
 SEQ_LINES = 5_000_000
@@ -164,13 +163,14 @@ def worker_once(fleet: Fleet, lines: int) -> float:
     expected = seq_bytes(lines)
     t0 = time.monotonic()
     execution_id = fleet.submit(f"seq {lines}")
-    nbytes = 0
+    received: list[str | bytes] = []
     end = None
     for ev in fleet.follower(execution_id, idle_timeout_s=60):
         if ev.event == "execution_output":
-            nbytes += len(json.loads(ev.data)["payload"]["output"].encode())
+            received.append(ev.data)
         elif ev.terminal:
             end = time.monotonic()
+    nbytes = output_bytes(received)  # after the clock stopped, as in the bus row's probe
     status = fleet.records.field(execution_id, "status")
     if end is None or status != "completed" or nbytes != expected:
         raise AssertionError(f"{execution_id}: {status}, {nbytes} of {expected} bytes")
