@@ -196,6 +196,7 @@ class Executor:
         # we stop waiting for its EOF this long after the leader's end.
         give_up_at: float | None = None
         open_fds = set(streams)
+        leader_exited = pidfd is None  # unknown without a pidfd: ask waitpid every time
         try:
             while open_fds:
                 now = time.monotonic()
@@ -220,12 +221,15 @@ class Executor:
                         sel.unregister(fd)
                         os.close(fd)
                         pidfd = None
+                        leader_exited = True
                 now = time.monotonic()
                 if self._coalescer.due(now):
                     self._coalescer.flush()
                 if give_up_at is not None and now >= give_up_at:
                     break
-                if not leader_done and proc.poll() is not None:
+                # With a pidfd, waitpid only once it said the leader ended: a syscall per
+                # wake-up is a tenth of what a chatty command costs us.
+                if not leader_done and leader_exited and proc.poll() is not None:
                     leader_done = True
                     give_up_at = now + self._grace_s + 1.0
                     # The leader is gone: whatever it left in its session goes too, now.
