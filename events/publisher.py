@@ -192,9 +192,19 @@ def pack_resp(commands: list[tuple[Any, ...] | _Envelope]) -> list[bytes]:
 _IOV_MAX = 1024
 
 
+def _reply(conn: Any) -> Any:
+    """One reply; an error reply is returned, not raised, so the rest can still be read."""
+    try:
+        return conn.read_response()
+    except redis.ResponseError as e:
+        return e
+
+
 def _send_all(conn: Any, pieces: list[bytes]) -> None:
     """Send the pieces with as few syscalls as the kernel allows (sendmsg gathers them); a TLS
     socket, which has no sendmsg, sends them one by one."""
+    if conn._sock is None:
+        conn.connect()
     sock = conn._sock
     if type(sock) is not socket.socket:
         conn.send_packed_command(pieces)
@@ -274,6 +284,8 @@ class Publisher:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        self._conn: Any = None  # the sender thread's own connection (see _connection)
+        self._conn_pid = 0
         self.connected = True
 
     # -- producer side -------------------------------------------------------------------
@@ -364,6 +376,9 @@ class Publisher:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=1.0)
+            if not self._thread.is_alive() and self._conn is not None:
+                self._conn.disconnect()
+                self._conn = None
 
     # -- sender thread ---------------------------------------------------------------------
     def _ensure_thread(self) -> None:
@@ -433,35 +448,56 @@ class Publisher:
             return self._send_direct(batch)
         return self._send_scripted(batch)
 
+    def _connection(self) -> Any:
+        """The sender thread's own connection, kept for the publisher's life: redis-py's pool
+        and pipeline machinery (observability hooks, retry wrappers) cost ~100 us per batch,
+        as much as a small batch's whole Redis round trip. A forked child makes its own."""
+        if self._conn is None or self._conn_pid != os.getpid():
+            self._conn = self._redis.connection_pool.make_connection()
+            self._conn_pid = os.getpid()
+        return self._conn
+
     def _send_scripted(self, batch: list[_Item]) -> list[int]:
-        # EVALSHA straight on the pipeline: redis-py's Script in a pipeline sends SCRIPT
-        # EXISTS first on every execute, a second round trip for every batch.
         keys = self._keys
-        pipe = self._redis.pipeline(transaction=False)
+        sha = self._script.sha
+        cmds: list[tuple[Any, ...] | _Envelope] = []
         for it in batch:
             ex = it.execution_id
-            pipe.evalsha(
-                self._script.sha,
-                4,
-                keys.seq(ex),
-                keys.history(ex),
-                keys.record(ex),
-                keys.stat("events"),
-                it.head,
-                it.tail,
-                it.truncated_field,
-                keys.channel(ex),
-                keys.channel_all(),
-                self._settings.history_ttl_s,
-                it.out_bytes,
-                self._settings.max_output_bytes,
-                "1" if it.complete else "0",
-                self._last_seq.get(ex, 0),
-                self._pub_field,
-                it.local_n,
-                *it.record,
+            cmds.append(
+                (
+                    "EVALSHA",
+                    sha,
+                    4,
+                    keys.seq(ex),
+                    keys.history(ex),
+                    keys.record(ex),
+                    keys.stat("events"),
+                    it.head,
+                    it.tail,
+                    it.truncated_field,
+                    keys.channel(ex),
+                    keys.channel_all(),
+                    self._settings.history_ttl_s,
+                    it.out_bytes,
+                    self._settings.max_output_bytes,
+                    "1" if it.complete else "0",
+                    self._last_seq.get(ex, 0),
+                    self._pub_field,
+                    it.local_n,
+                    *it.record,
+                )
             )
-        return [int(r) for r in pipe.execute()]
+        conn = self._connection()
+        try:
+            _send_all(conn, pack_resp(cmds))
+            replies = [_reply(conn) for _ in cmds]
+        except BaseException:
+            conn.disconnect()  # a half-read batch leaves replies on the socket
+            raise
+        for r in replies:
+            if isinstance(r, Exception):
+                raise r
+        return [int(r) for r in replies]
 
     def _send_direct(self, batch: list[_Item]) -> list[int]:
         """The batch as one MULTI/EXEC of plain XADD and PUBLISH commands, envelopes built here.
@@ -484,8 +520,7 @@ class Publisher:
             *(keys.record(ex) for ex in execs),
             self._pub_field,
         )
-        pool = self._redis.connection_pool
-        conn = pool.get_connection()
+        conn = self._connection()
         try:
             while True:
                 conn.send_packed_command(conn.pack_commands([("WATCH", *seq_keys), state_cmd]))
@@ -504,11 +539,9 @@ class Publisher:
                         raise r
                 return results
         except BaseException:
-            # The connection may hold a WATCH or half a transaction: never reuse it.
+            # The connection may hold a WATCH or half a transaction: start a new one.
             conn.disconnect()
             raise
-        finally:
-            pool.release(conn)
 
     def _direct_commands(
         self, batch: list[_Item], execs: list[str], raw: Any
