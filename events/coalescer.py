@@ -84,6 +84,10 @@ class OutputCoalescer:
         if self._first_at is None:
             self._first_at = now
 
+    @property
+    def interval_s(self) -> float:
+        return self._interval_s
+
     def deadline(self) -> float | None:
         """When the pending output must go out (same clock as `now`), or None."""
         return None if self._first_at is None else self._first_at + self._interval_s

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import selectors
 import shutil
@@ -26,6 +27,15 @@ from events.masking import Masker
 from worker.proctree import session_members, signal_session
 
 _READ_BYTES = 64 * 1024
+# A stream whose last read brought less than this trickles: when it alone becomes readable it is
+# held (left unread, its fd out of the poll set) until its chunk is due, so a command printing a
+# line per ms costs one wake-up per chunk instead of one per line. A stream that reads more is
+# drained at every wake-up, so a fast command never waits on us.
+_TRICKLE_BYTES = 16 * 1024
+# Bigger pipes (best effort) so that a held stream that suddenly bursts does not block its
+# writer before the hold ends.
+_PIPE_BYTES = 1024 * 1024
+_F_SETPIPE_SZ = 1031
 # Sets PR_SET_PDEATHSIG so the command's leader dies with the process that runs it: a worker
 # killed with SIGKILL cannot clean up, and the leader must not run on without it.
 _SETPRIV = shutil.which("setpriv")
@@ -101,6 +111,7 @@ class Executor:
         self._on_start = on_start
         self._stop_reason: StopReason | None = None
         self._session_empty = False  # seen empty after the leader ended
+        self.reads = 0  # reads of the command's pipes (holding keeps this low; see _pump)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -173,7 +184,13 @@ class Executor:
         return None
 
     def _pump(self, t0: float) -> bool:
-        """Read both pipes until EOF; enforce the deadline and stop requests. True on timeout."""
+        """Read both pipes until EOF; enforce the deadline and stop requests. True on timeout.
+
+        Holding keeps the relative order of stdout and stderr as well as reading at every
+        write does: while one stream is held the other stays polled, and the moment it has
+        data the held stream is read first. Only bytes written within one wake-up's latency
+        are ambiguous, as without holding.
+        """
         proc = self.proc
         assert proc is not None and proc.stdout is not None and proc.stderr is not None
         sel = selectors.DefaultSelector()
@@ -183,6 +200,8 @@ class Executor:
         }
         for fd in streams:
             os.set_blocking(fd, False)
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
             sel.register(fd, selectors.EVENT_READ)
         sel.register(self._wake_r, selectors.EVENT_READ)
         pidfd = _pidfd(proc.pid)
@@ -197,24 +216,46 @@ class Executor:
         give_up_at: float | None = None
         open_fds = set(streams)
         leader_exited = pidfd is None  # unknown without a pidfd: ask waitpid every time
+        interval_s = self._coalescer.interval_s
+        held: dict[int, float] = {}  # fd -> when it was seen readable, left unread
+        trickles = dict.fromkeys(streams, False)
+
+        def read(fd: int, seen: float) -> None:
+            if self._read(fd, streams[fd], seen, trickles):
+                return
+            open_fds.discard(fd)
+            if fd not in held:
+                sel.unregister(fd)
+
+        def read_held() -> None:
+            for fd, seen in sorted(held.items(), key=lambda kv: kv[1]):
+                read(fd, seen)  # while still held: its fd is out of the poll set
+                del held[fd]
+                if fd in open_fds:
+                    sel.register(fd, selectors.EVENT_READ)
+
         try:
             while open_fds:
                 now = time.monotonic()
+                may_hold = kill_at is None and not leader_done and self._stop_reason is None
+                if held and not may_hold:
+                    read_held()
+                    continue
                 waits = [
                     self._coalescer.deadline(),
                     None if timed_out or self._stop_reason else deadline,
                     kill_at,
                     None if pidfd is not None or leader_done else now + 0.05,
                     give_up_at,
+                    min(held.values()) + interval_s if held else None,
                 ]
                 nearest = min((w for w in waits if w is not None), default=None)
                 timeout = None if nearest is None else max(0.0, nearest - now)
+                ready: list[int] = []
                 for key, _ in sel.select(timeout):
                     fd = int(key.fd)
                     if fd in streams:
-                        if not self._read(fd, streams[fd]):
-                            sel.unregister(fd)
-                            open_fds.discard(fd)
+                        ready.append(fd)
                     elif fd == self._wake_r:
                         _drain(fd)
                     elif fd == pidfd:
@@ -222,7 +263,23 @@ class Executor:
                         os.close(fd)
                         pidfd = None
                         leader_exited = True
+                seen = time.monotonic()
+                if (
+                    len(ready) == 1
+                    and not held
+                    and may_hold
+                    and trickles[ready[0]]
+                    and self._stop_reason is None
+                ):
+                    held[ready[0]] = seen
+                    sel.unregister(ready[0])
+                elif ready:
+                    read_held()  # what was held came before what is ready now
+                    for fd in ready:
+                        read(fd, seen)
                 now = time.monotonic()
+                if held and (self._coalescer.due(now) or now >= min(held.values()) + interval_s):
+                    read_held()
                 if self._coalescer.due(now):
                     self._coalescer.flush()
                 if give_up_at is not None and now >= give_up_at:
@@ -258,7 +315,8 @@ class Executor:
         self._coalescer.close(time.monotonic())
         return timed_out
 
-    def _read(self, fd: int, stream: Stream) -> bool:
+    def _read(self, fd: int, stream: Stream, seen: float, trickles: dict[int, bool]) -> bool:
+        """One read; False at EOF. `seen`: when the bytes were known to be there."""
         try:
             data = os.read(fd, _READ_BYTES)
         except BlockingIOError:
@@ -267,7 +325,9 @@ class Executor:
             return e.errno == errno.EINTR
         if not data:
             return False
-        self._coalescer.feed(stream, data, time.monotonic())
+        self.reads += 1
+        trickles[fd] = len(data) < _TRICKLE_BYTES
+        self._coalescer.feed(stream, data, seen)
         return True
 
     def _finish(self, t0: float, timed_out: bool) -> RunResult:
