@@ -3,8 +3,9 @@ time.time_ns() taken just before its write, padded to `line_bytes`.
 
     python -u chatty.py DURATION_S [INTERVAL_MS [LINE_BYTES [GO_FILE]]]
 
-With GO_FILE it waits for that file to exist before the first line, so that clients can be
-connected before any output. Each line is one write(2), so whoever reads the pipe sees it as
+With GO_FILE it creates GO_FILE.ready.<pid> once started, then waits for GO_FILE to exist
+before the first line, so that clients can be connected, or every command started, before any
+output. Each line is one write(2), so whoever reads the pipe sees it as
 soon as it is written. The schedule is absolute (no drift): a late wake-up is followed by a
 shorter sleep.
 """
@@ -18,8 +19,12 @@ import time
 
 def main(duration_s: float, interval_ms: float, line_bytes: int, go_file: str | None) -> None:
     if go_file:
+        # Say we are up (interpreter started), wait for the go, then take the marker back.
+        ready = f"{go_file}.ready.{os.getpid()}"
+        open(ready, "w").close()
         while not os.path.exists(go_file):
             time.sleep(0.005)
+        os.unlink(ready)
     interval_ns = int(interval_ms * 1_000_000)
     start = time.monotonic_ns()
     end = start + int(duration_s * 1e9)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from tests.benchmarks.core import Context, Figure, Target, percentile, row
@@ -45,20 +46,50 @@ class LineLatency:
                 self.samples_ms.append((arrived_ns - written_ns) / 1e6)
 
 
-def pipe_latencies(executions: int, duration_s: float, interval_ms: float = 1) -> list[float]:
+class StartBarrier:
+    """Every chatty command started (interpreter up, waiting) before any prints: the figure is
+    then of N executions running at once, not of the first ones printing while the last ones
+    start (each start costs a task, a fork and a Python start-up, ~80 ms of CPU)."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.go_file = folder / f"go-latency-{uuid.uuid4().hex[:12]}"
+
+    def release(self, expected: int, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        pattern = f"{self.go_file.name}.ready.*"
+        while len(list(self.go_file.parent.glob(pattern))) < expected:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"fewer than {expected} chatty commands started")
+            time.sleep(0.01)
+        self.go_file.touch()
+
+    def close(self) -> None:
+        self.go_file.unlink(missing_ok=True)
+
+
+def pipe_latencies(
+    executions: int,
+    duration_s: float,
+    interval_ms: float = 1,
+    barrier: StartBarrier | None = None,
+) -> list[float]:
     """The baseline: `executions` chatty commands read directly from their pipes."""
     sel = selectors.DefaultSelector()
     procs = []
     collectors: dict[int, LineLatency] = {}
+    go_file = barrier.go_file if barrier else None
     try:
         for _ in range(executions):
-            argv = chatty_argv(duration_s, interval_ms=interval_ms)
+            argv = chatty_argv(duration_s, interval_ms=interval_ms, go_file=go_file)
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE)
             assert proc.stdout is not None
             procs.append(proc)
             fd = proc.stdout.fileno()
             collectors[fd] = LineLatency()
             sel.register(fd, selectors.EVENT_READ)
+        if barrier:
+            barrier.release(executions)
         open_fds = len(collectors)
         while open_fds:
             for key, _ in sel.select(timeout=duration_s + 30):
@@ -82,10 +113,16 @@ def pipe_latencies(executions: int, duration_s: float, interval_ms: float = 1) -
 
 
 def worker_latencies(
-    fleet: Fleet, executions: int, duration_s: float, interval_ms: float = 1
+    fleet: Fleet,
+    executions: int,
+    duration_s: float,
+    interval_ms: float = 1,
+    barrier: StartBarrier | None = None,
 ) -> list[float]:
-    """Ours: `executions` chatty commands on the fleet, each read by its own Follower."""
-    command = shlex.join(chatty_argv(duration_s, interval_ms=interval_ms))
+    """Ours: `executions` chatty commands on the fleet, each read by its own Follower. With a
+    barrier, the fleet's concurrency must let all of them run at once."""
+    go_file = barrier.go_file if barrier else None
+    command = shlex.join(chatty_argv(duration_s, interval_ms=interval_ms, go_file=go_file))
     collectors = [LineLatency() for _ in range(executions)]
     errors: list[str] = []
 
@@ -106,6 +143,8 @@ def worker_latencies(
         t = threading.Thread(target=follow, args=(execution_id, collector), daemon=True)
         t.start()
         threads.append(t)
+    if barrier:
+        barrier.release(executions)
     for t in threads:
         t.join(timeout=duration_s + 90)
     if errors or any(t.is_alive() for t in threads):
@@ -122,22 +161,34 @@ def worker_latencies(
 def latency_row(ctx: Context) -> list[Figure]:
     many = ctx.pick(20, 5)
     duration_s = ctx.pick(3, 1)
-    with Fleet(ctx, "latency", concurrency=many + 1) as fleet:
-        worker_latencies(fleet, 1, 0.3)  # warm-up: a pool process's first task sets it up
-        ours_1 = worker_latencies(fleet, 1, duration_s)
-        ours_n = worker_latencies(fleet, many, duration_s)
-    pipe_1 = pipe_latencies(1, duration_s)
-    pipe_n = pipe_latencies(many, duration_s)
+    barrier = StartBarrier(ctx.out_dir)
+    try:
+        with Fleet(ctx, "latency", concurrency=many + 1) as fleet:
+            worker_latencies(fleet, 1, 0.3)  # warm-up: a pool process's first task sets it up
+            ours_1 = worker_latencies(fleet, 1, duration_s)
+            ours_n = worker_latencies(fleet, many, duration_s, barrier=barrier)
+            barrier.close()
+            ours_staggered = worker_latencies(fleet, many, duration_s)
+        pipe_1 = pipe_latencies(1, duration_s)
+        pipe_n = pipe_latencies(many, duration_s, barrier=barrier)
+        barrier.close()
+        pipe_staggered = pipe_latencies(many, duration_s)
+    finally:
+        barrier.close()
     ctx.latency_ms["latency 1 exec: ours"] = ours_1
     ctx.latency_ms["latency 1 exec: plain pipe"] = pipe_1
     ctx.latency_ms[f"latency {many} execs: ours"] = ours_n
     ctx.latency_ms[f"latency {many} execs: plain pipe"] = pipe_n
+    ctx.latency_ms[f"latency {many} execs, staggered start: ours"] = ours_staggered
+    ctx.latency_ms[f"latency {many} execs, staggered start: plain pipe"] = pipe_staggered
     figures = []
     for label, ours, pipe, target_ms in (
         ("1 execution", ours_1, pipe_1, 25.0),
         (f"{many} at once", ours_n, pipe_n, 50.0),
     ):
         note = f"{len(ours)} lines ours, {len(pipe)} pipe; {duration_s} s per execution"
+        if ours is ours_n:
+            note += "; all started, then all print (start barrier)"
         figures.append(
             Figure(
                 f"latency p50, {label}",
@@ -158,4 +209,14 @@ def latency_row(ctx: Context) -> list[Figure]:
                 note=note,
             )
         )
+    figures.append(
+        Figure(
+            f"latency p99, {many} started one by one",
+            "ms",
+            percentile(ours_staggered, 99),
+            percentile(pipe_staggered, 99),
+            "plain pipe",
+            note="no barrier: the first print while the last start up (each start ~80 ms CPU)",
+        )
+    )
     return figures
