@@ -26,7 +26,7 @@ from events.coalescer import OutputCoalescer, Stream
 from events.masking import Masker
 from worker.proctree import session_members, signal_session
 
-_READ_BYTES = 64 * 1024
+_READ_BYTES = 256 * 1024
 # A stream whose last read brought less than this trickles: when it alone becomes readable it is
 # held (left unread, its fd out of the poll set) until its chunk is due, so a command printing a
 # line per ms costs one wake-up per chunk instead of one per line. A stream that reads more is
