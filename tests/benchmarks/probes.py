@@ -39,6 +39,7 @@ def follow(redis_url: str, key_prefix: str, execution_id: str) -> dict[str, Any]
     contiguous = True
     follower = Follower(client, Keys(key_prefix), execution_id, poll_interval_s=0.5)
     print("ready", flush=True)
+    cpu0 = time.process_time()
     received: list[str | bytes] = []
     for ev in follower:
         events += 1
@@ -49,8 +50,9 @@ def follow(redis_url: str, key_prefix: str, execution_id: str) -> dict[str, Any]
     # The clock stops when the subscriber has every event, as the relay passes them on; the
     # payloads are parsed and counted after (parsing is the consumer's work, not the bus's).
     end = time.monotonic()
+    cpu_s = time.process_time() - cpu0
     nbytes = output_bytes(received)
-    return {"bytes": nbytes, "events": events, "contiguous": contiguous, "end": end}
+    return {"cpu_s": cpu_s, "bytes": nbytes, "events": events, "contiguous": contiguous, "end": end}
 
 
 def naive(redis_url: str, channel: str) -> dict[str, Any]:
