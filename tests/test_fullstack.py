@@ -291,3 +291,29 @@ def test_cli_remote_gives_the_embedded_events_and_fleet_mode_speaks_tls(stack: S
     assert listed.returncode == 0, listed.stderr
     records = [json.loads(line) for line in listed.stdout.splitlines()]
     assert any(r["executionId"] == ex and r["status"] == "failed" for r in records)
+
+
+def test_big_output_goes_through_the_tls_redis_whole(stack: Stack) -> None:
+    """1.3 MB of output: batches of big chunks take the publisher's MULTI/EXEC path, which over
+    TLS sends through redis-py's socket loop instead of sendmsg."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    body = {"commandType": "script", "command": "seq 200000"}
+    ex = httpx.post(f"{stack.relay_url}/api/executions", json=body, headers=headers).json()[
+        "executionId"
+    ]
+
+    def ended() -> dict[str, Any]:
+        rec: dict[str, Any] = _get(f"{stack.relay_url}/api/executions/{ex}", TOKEN) or {}
+        return rec if rec.get("status") not in (None, "queued", "running") else {}
+
+    assert wait_until(ended, 60, 0.1, "seq to end")["status"] == "completed"
+    output = httpx.get(f"{stack.relay_url}/api/executions/{ex}/output", headers=headers).text
+    assert output == "".join(f"{i}\n" for i in range(1, 200001))
+    with httpx.stream(
+        "GET", f"{stack.relay_url}/api/executions/{ex}/events", headers=headers, timeout=30
+    ) as stream:
+        ids = [
+            json.loads(line[5:])["id"] for line in stream.iter_lines() if line.startswith("data:")
+        ]
+    assert ids == list(range(1, len(ids) + 1))
+    assert len(ids) >= 2 + 1_288_895 // 65536  # started, the chunks, complete
