@@ -7,9 +7,10 @@ a playbook's hand-off between steps and its `max_concurrent` slots).
 Fields of the hash besides the record's own: `spec` (what the worker runs), `taskId` (the Celery
 task to revoke), `cancelRequested`, `pid`/`workerPid` (the running command and pool process),
 `completeId`; for playbooks `stepQueued` (the index of the step whose task is queued and not yet
-claimed: the run is between two steps, or waits for its first), `stepIndex` (the step claimed
-last), `step:<n>` (step n's fields, see record_from_hash), and with `max_concurrent` `slotName`
-and `maxConcurrent`.
+claimed: the run is between two steps, or waits for its first), `handOff` (that step's index
+while its task is being sent: the worker that handed off still answers for the run), `stepIndex`
+(the step claimed last), `step:<n>` (step n's fields, see record_from_hash), and with
+`max_concurrent` `slotName` and `maxConcurrent`.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ local step = ARGV[6]
 if step ~= '' and redis.call('HGET', KEYS[1], 'stepQueued') ~= step then return 'stale' end
 if redis.call('HGET', KEYS[1], 'cancelRequested') == '1' then return 'cancel' end
 if step ~= '' then
-  redis.call('HDEL', KEYS[1], 'stepQueued')
+  redis.call('HDEL', KEYS[1], 'stepQueued', 'handOff')
   redis.call('HSET', KEYS[1], 'stepIndex', step)
 end
 redis.call('HDEL', KEYS[1], 'pid', 'workerPid')
@@ -104,29 +105,43 @@ if redis.call('HEXISTS', KEYS[1], 'completeId') == 1 then return 'ended:' .. sta
 redis.call('HSET', KEYS[1], 'cancelRequested', '1')
 local between = status == 'running' and redis.call('HEXISTS', KEYS[1], 'stepQueued') == 1
 if status == 'queued' or between then
-  redis.call('HDEL', KEYS[1], 'stepQueued')
+  redis.call('HDEL', KEYS[1], 'stepQueued', 'handOff')
   redis.call('HSET', KEYS[1], 'status', 'cancelled')
   return 'queued'
 end
 return status
 """
 
-# A playbook's step ended and the next one is about to be queued: from now until its claim no
-# worker holds the run, so it leaves the running set (the reaper must not declare it lost while
-# the next step waits in a queue) and a cancel ends it at once (CANCEL_LUA). Returns 'ok',
-# 'cancel' (a cancel came first: the caller ends the run) or 'ended'.
+# A playbook's step ended and the next one is about to be queued: the next step is marked
+# queued (a cancel now ends the run at once, CANCEL_LUA) and `handOff` says its task is being
+# sent. Until HANDED_OFF_LUA confirms the send, the run keeps a fresh lease and its place in the
+# running set, so a worker that dies before sending is declared lost like any other (nothing
+# would ever run the next step). Returns 'ok', 'cancel' (a cancel came first: the caller ends
+# the run) or 'ended'.
 HAND_OFF_LUA = """
 if redis.call('HEXISTS', KEYS[1], 'completeId') == 1 then return 'ended' end
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 'ended' end
 if redis.call('HGET', KEYS[1], 'cancelRequested') == '1' then return 'cancel' end
-redis.call('HSET', KEYS[1], 'stepQueued', ARGV[1], 'taskId', ARGV[2])
-redis.call('DEL', KEYS[2])
-redis.call('SREM', KEYS[3], ARGV[3])
+redis.call('HSET', KEYS[1], 'stepQueued', ARGV[1], 'taskId', ARGV[2], 'handOff', ARGV[1])
+redis.call('SET', KEYS[2], ARGV[4], 'EX', tonumber(ARGV[5]))
 return 'ok'
 """
 
+# The next step's task is in the broker: from now until its claim no worker holds the run, so
+# it leaves the running set (the reaper must not declare it lost while the step waits in a
+# queue). Only if that step's hand-off is still pending: a fast claim on another host (which
+# took the run, lease and all) or a cancel came first otherwise. Returns 1 or 0.
+HANDED_OFF_LUA = """
+if redis.call('HGET', KEYS[1], 'handOff') ~= ARGV[1] then return 0 end
+redis.call('HDEL', KEYS[1], 'handOff')
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[2])
+return 1
+"""
+
 # The reaper's decision, taken atomically with what it checks: the run is still in the running
-# set, running, not between two steps, and its lease expired (or, with ARGV[2], its pool process
+# set, running, not between two steps (a hand-off whose task is not sent yet does not count),
+# and its lease expired (or, with ARGV[2], its pool process
 # ARGV[2] died and no later claim replaced it). A scan reads the running set, the record and the
 # lease one after the other; a playbook handing off to its next step in between would otherwise
 # look lost. Marks it failed at once so that no later claim or hand-off of it succeeds.
@@ -134,7 +149,8 @@ MARK_LOST_LUA = """
 if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then return 0 end
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 if redis.call('HEXISTS', KEYS[1], 'completeId') == 1 then return 0 end
-if redis.call('HEXISTS', KEYS[1], 'stepQueued') == 1 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'stepQueued') == 1
+  and redis.call('HEXISTS', KEYS[1], 'handOff') == 0 then return 0 end
 if ARGV[2] == '' then
   if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 elseif redis.call('HGET', KEYS[1], 'workerPid') ~= ARGV[2] then
@@ -196,6 +212,7 @@ class RecordStore:
         self._claim = client.register_script(CLAIM_LUA)
         self._cancel = client.register_script(CANCEL_LUA)
         self._hand_off = client.register_script(HAND_OFF_LUA)
+        self._handed_off = client.register_script(HANDED_OFF_LUA)
         self._mark_lost = client.register_script(MARK_LOST_LUA)
         self._queue_first = client.register_script(QUEUE_FIRST_LUA)
         self._take_slot = client.register_script(TAKE_SLOT_LUA)
@@ -322,15 +339,25 @@ class RecordStore:
         )
         return _s(res)
 
-    def hand_off(self, execution_id: str, step: int, task_id: str) -> str:
-        """Between two steps: mark step `step` queued as task `task_id` and let the run go
-        (lease and running set); 'ok', 'cancel' or 'ended' (see HAND_OFF_LUA)."""
+    def hand_off(self, execution_id: str, step: int, task_id: str, worker: str) -> str:
+        """Between two steps: mark step `step` queued as task `task_id`, its send pending, the
+        lease renewed for `worker`; 'ok', 'cancel' or 'ended' (see HAND_OFF_LUA)."""
         k = self._keys
         res = self._hand_off(
             keys=[k.record(execution_id), k.lease(execution_id), k.running()],
-            args=[step, task_id, execution_id],
+            args=[step, task_id, execution_id, worker, self._settings.lease_ttl_s],
         )
         return _s(res)
+
+    def handed_off(self, execution_id: str, step: int) -> bool:
+        """Step `step`'s task was sent: let the run go (lease and running set) unless it moved
+        on already (see HANDED_OFF_LUA)."""
+        k = self._keys
+        res = self._handed_off(
+            keys=[k.record(execution_id), k.lease(execution_id), k.running()],
+            args=[step, execution_id],
+        )
+        return bool(res)
 
     def queue_first_step(self, execution_id: str, task_id: str) -> str:
         """A queued playbook is about to send its first step's task; 'ok' or what stops it."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -193,7 +194,7 @@ def _run_claimed(
     )
     ending = after_step(step, outcome)
     if ending is None:
-        ending = _hand_off(rt, execution_id, index + 1, spec, send)
+        ending = _hand_off(rt, execution_id, index + 1, spec, send, worker)
         if ending is None:
             return outcome.status
     report_ending(reporter, ending, started_at)
@@ -202,13 +203,19 @@ def _run_claimed(
 
 
 def _hand_off(
-    rt: Runtime, execution_id: str, index: int, spec: Mapping[str, Any], send: StepSender
+    rt: Runtime,
+    execution_id: str,
+    index: int,
+    spec: Mapping[str, Any],
+    send: StepSender,
+    worker: str,
 ) -> Ending | None:
     """Queue step `index`; an Ending when the run must end here instead."""
     # Everything this step published must be in Redis before the next step (maybe on another
     # host, with its own publisher) publishes anything: ids are given in arrival order.
     rt.publisher.flush(60)
-    found = rt.records.hand_off(execution_id, index, step_task_id(execution_id, index))
+    task_id = step_task_id(execution_id, index)
+    found = rt.records.hand_off(execution_id, index, task_id, worker)
     if found == "cancel":
         return Ending("cancelled")
     if found != "ok":
@@ -219,6 +226,16 @@ def _hand_off(
     except Exception as e:
         log.exception("could not queue step %d of %s", index + 1, execution_id)
         return Ending("failed", error=f"could not queue step {index + 1}: {e}")
+    # Sent: the run may wait in the queue as long as it takes. Should this fail for good, the
+    # lease lapses and the run is declared lost (the step's claim then refuses): better than a
+    # run that no reaper would ever end.
+    for attempt in range(3):
+        try:
+            rt.records.handed_off(execution_id, index)
+            break
+        except Exception:
+            log.warning("confirming the hand-off of %s failed", execution_id, exc_info=True)
+            time.sleep(0.2 * (attempt + 1))
     return None
 
 

@@ -319,7 +319,11 @@ def test_cancel_between_two_steps_ends_the_run_and_the_late_step_refuses(
         )
     )
     records = dispatcher.rt.records
-    wait_until(lambda: records.field(ex, "stepQueued") == "1", 20, what="the hand-off")
+    wait_until(
+        lambda: records.fields(ex, "stepQueued", "handOff") == ["1", None],
+        20,
+        what="the hand-off, its task sent",
+    )
     # Waiting in a queue is not being lost: the reaper passes it by, lease or no lease.
     assert records.running_ids() == [] and not records.lease_alive(ex)
     assert reap_once(dispatcher.rt) == []
@@ -495,3 +499,53 @@ def test_max_concurrent_one_never_overlaps(
         5,
         what="the last slot to be freed",
     )
+
+
+def ghost_between_steps(dispatcher: CeleryDispatcher) -> str:
+    """A two-step run whose first step a worker (that never existed) claimed and finished, and
+    which it began to hand off to step 2: what a worker leaves when it dies right there."""
+    queue = f"nobody-{uuid.uuid4().hex[:8]}"
+    ex = dispatcher.submit_playbook(
+        playbook({"id": "one", "command": "true", "queue": queue}, {"id": "two", "command": "true"})
+    )
+    records = dispatcher.rt.records
+    assert records.claim(ex, "ghost@test", f"{ex}.s1", step=0) == "ok"
+    assert records.hand_off(ex, 1, f"{ex}.s2", "ghost@test") == "ok"
+    return ex
+
+
+def test_a_worker_lost_between_hand_off_and_send_ends_the_run(
+    dispatcher: CeleryDispatcher, collect: Collect, keys: Any, rclient: redis.Redis
+) -> None:
+    """The next step's task was never sent: nothing would ever run it, so the run must not be
+    exempt from the reaper as a queued step is. While the lease lives it is left alone."""
+    ex = ghost_between_steps(dispatcher)
+    records = dispatcher.rt.records
+    assert ex in records.running_ids() and records.lease_alive(ex)
+    assert reap_once(dispatcher.rt) == []
+    rclient.delete(keys.lease(ex))  # the lease lapses: its worker stopped renewing it
+    assert reap_once(dispatcher.rt) == [ex]
+    done = payloads(collect(ex, timeout_s=10))[-1]
+    assert done["status"] == "failed" and "worker lost: ghost@test" in done["error"]
+    assert record(dispatcher, ex).status == "failed"
+    # The task, had it been sent after all, would be refused.
+    assert records.claim(ex, "late@test", f"{ex}.s2", expect="running", step=1) == "ended"
+
+
+def test_a_confirmed_hand_off_waits_and_a_late_confirmation_spares_the_claimer(
+    dispatcher: CeleryDispatcher,
+) -> None:
+    records = dispatcher.rt.records
+    ex = ghost_between_steps(dispatcher)
+    assert records.handed_off(ex, 1)
+    assert ex not in records.running_ids() and not records.lease_alive(ex)
+    assert reap_once(dispatcher.rt) == []
+    assert record(dispatcher, ex).status == "running"
+
+    # Another host claims step 2 before the first worker confirms its send: the confirmation
+    # must leave the claimer's lease and running-set entry alone.
+    ex2 = ghost_between_steps(dispatcher)
+    assert records.claim(ex2, "fast@test", f"{ex2}.s2", expect="running", step=1) == "ok"
+    assert not records.handed_off(ex2, 1)
+    assert ex2 in records.running_ids() and records.lease_alive(ex2)
+    assert records.field(ex2, "worker") == "fast@test"
