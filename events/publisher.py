@@ -100,6 +100,8 @@ return out
 # `_send_direct`): Redis hashes every byte of a string handed to Lua, ~2 us per KiB, twice
 # (argument and envelope), which cost more than the bus's whole Redis budget for output.
 DIRECT_MIN_BYTES = 32 * 1024
+# WATCH conflicts a direct batch tolerates before it goes the script's way instead.
+_DIRECT_TRIES = 4
 
 # One pipeline carries at most this much, so a slow Redis sees bounded requests.
 _MAX_BATCH_BYTES = 4 * 1024 * 1024
@@ -522,7 +524,7 @@ class Publisher:
         )
         conn = self._connection()
         try:
-            while True:
+            for _ in range(_DIRECT_TRIES):
                 conn.send_packed_command(conn.pack_commands([("WATCH", *seq_keys), state_cmd]))
                 conn.read_response()
                 raw: Any = conn.read_response()
@@ -542,6 +544,9 @@ class Publisher:
             # The connection may hold a WATCH or half a transaction: start a new one.
             conn.disconnect()
             raise
+        # Other publishers of these executions kept getting in first: the script path cannot
+        # be overtaken (it is one atomic step per event), so nobody starves.
+        return self._send_scripted(batch)
 
     def _direct_commands(
         self, batch: list[_Item], execs: list[str], raw: Any

@@ -756,3 +756,37 @@ def test_overflow_while_redis_is_down_is_counted_in_dropped_bytes(
         assert p.get("droppedBytes") == (pending or None), (t, p.get("droppedBytes"), pending)
         pending = 0
     assert sum(p.get("droppedBytes", 0) for p in stored) == sum(len(t.encode()) for t in missing)
+
+
+def test_direct_batches_overtaken_every_time_fall_back_to_the_script(
+    settings: Settings, keys: Keys, rclient: redis.Redis
+) -> None:
+    """Another client writes the execution's seq counter between every WATCH and EXEC: after a
+    few tries the batch goes through the Lua script, ids still contiguous."""
+    ex = "ex_overtaken"
+    tries: list[int] = []
+
+    class Overtaken(Publisher):
+        def _direct_commands(self, batch: Any, execs: Any, raw: Any) -> Any:
+            tries.append(len(batch))
+            seq = rclient.get(keys.seq(ex)) or b"0"
+            rclient.set(keys.seq(ex), seq)  # same value: still a write, so EXEC fails
+            return super()._direct_commands(batch, execs, raw)
+
+    client = make_redis(settings.redis_url or "")
+    pub = Overtaken(client, keys, settings)
+    pub.direct_min_bytes = 0
+    try:
+        pub.publish(started(ex))
+        for i in range(50):
+            pub.publish(out(ex, f"{i}\n"))
+        pub.publish(complete(ex))
+        assert pub.flush(10.0)
+    finally:
+        pub.close(5.0)
+        client.close()
+    history = read_history(rclient, keys, ex)
+    assert_contiguous(history)
+    assert outputs(history) == [f"{i}\n" for i in range(50)]
+    assert history[-1].terminal
+    assert tries and len(tries) % 4 == 0  # every batch tried 4 times, then the script
