@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import redis
 
 from events.keys import Keys
@@ -54,6 +55,33 @@ def _entry_event(entry_id: bytes | str, fields: dict[Any, Any]) -> RawEvent:
     ev = RawEvent.from_json(data)
     ev.id = int(raw_id.split("-", 1)[0])
     return ev
+
+
+def output_tail(client: redis.Redis, keys: Keys, execution_id: str, limit_chars: int) -> str:
+    """The last `limit_chars` characters of the execution's output, from its history: what a
+    cancelled playbook reports as partialOutput, whatever host ran its earlier steps."""
+    parts: list[str] = []
+    size = 0
+    upper = "+"
+    while size < limit_chars:
+        entries: Any = client.xrevrange(keys.history(execution_id), max=upper, count=_PAGE)
+        for _entry_id, fields in entries:
+            ev = _entry_event(_entry_id, fields)
+            if ev.event == "execution_output":
+                text: str = orjson.loads(ev.data)["payload"]["output"]
+                parts.append(text)
+                size += len(text)
+                if size >= limit_chars:
+                    break
+        if len(entries) < _PAGE:
+            break
+        upper = f"({_s(entries[-1][0])}"
+    joined = "".join(reversed(parts))
+    return joined[-limit_chars:] if len(joined) > limit_chars else joined
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
 
 
 def iter_history(

@@ -36,7 +36,7 @@ from events.models import (
 from events.publisher import Publisher, make_redis
 from events.records import RecordStore
 from events.settings import Settings
-from events.subscriber import Follower, read_history
+from events.subscriber import Follower, output_tail, read_history
 from tests.helpers import ManagedProcess, free_port, start_process, wait_until
 
 pytestmark = pytest.mark.integration
@@ -790,3 +790,19 @@ def test_direct_batches_overtaken_every_time_fall_back_to_the_script(
     assert outputs(history) == [f"{i}\n" for i in range(50)]
     assert history[-1].terminal
     assert tries and len(tries) % 4 == 0  # every batch tried 4 times, then the script
+
+
+def test_output_tail_reads_the_last_characters_back_over_pages(
+    settings: Settings, keys: Keys, rclient: redis.Redis, new_publisher: Callable[..., Publisher]
+) -> None:
+    ex = "ex_tail"
+    pub = new_publisher(settings)
+    pub.publish(started(ex))
+    for i in range(2500):  # more than two pages of the history
+        pub.publish(out(ex, f"line {i}\n", "stderr" if i % 7 == 0 else "stdout"))
+    pub.publish(complete(ex))
+    assert pub.flush(10.0)
+    everything = "".join(f"line {i}\n" for i in range(2500))
+    assert output_tail(rclient, keys, ex, 50) == everything[-50:]
+    assert output_tail(rclient, keys, ex, 10**9) == everything
+    assert output_tail(rclient, keys, "ex_none", 100) == ""

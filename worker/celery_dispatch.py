@@ -14,7 +14,7 @@ from worker.app import TASK_RUN_COMMAND, client_app
 from worker.commands import validate_command
 from worker.dispatch import new_execution_id
 from worker.finish import celery_step_sender, finish
-from worker.playbook import submit_playbook
+from worker.playbook import playbook_output_tail, submit_playbook
 from worker.runner import cancel_unstarted
 from worker.runtime import Runtime
 
@@ -77,7 +77,10 @@ class CeleryDispatcher:
             # refuses it anyway.
             self.app.control.revoke(task_id)
             cancel_unstarted(
-                Reporter(self.rt.publisher, execution_id), wait=True, started_at=started_at
+                Reporter(self.rt.publisher, execution_id),
+                wait=True,
+                started_at=started_at,
+                partial_output=playbook_output_tail(self.rt, execution_id) if started_at else "",
             )
             finish(self.rt, execution_id, self.send_step)
             return

@@ -22,12 +22,15 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+import redis
 
 from events.lifecycle import Reporter
 from events.models import ExecutionOptions, utc_now
 from events.records import StepRecord
+from events.subscriber import output_tail
 from worker.dispatch import new_execution_id
 from worker.executor import Executor
 from worker.finish import StepSender, admit, finish, step_task_id
@@ -197,9 +200,24 @@ def _run_claimed(
         ending = _hand_off(rt, execution_id, index + 1, spec, send, worker)
         if ending is None:
             return outcome.status
+    if ending.status == "cancelled":
+        ending = replace(ending, partial_output=playbook_output_tail(rt, execution_id, ending))
     report_ending(reporter, ending, started_at)
     _end(rt, execution_id, worker, send)
     return ending.status
+
+
+def playbook_output_tail(rt: Runtime, execution_id: str, ending: Ending | None = None) -> str:
+    """partialOutput of a cancelled playbook: its last output over every step (earlier steps
+    may have run on other hosts, so it comes from the history), or, should Redis fail, what
+    this step's executor kept."""
+    fallback = ending.partial_output if ending is not None else ""
+    try:
+        rt.publisher.flush(10)
+        return output_tail(rt.redis, rt.keys, execution_id, rt.settings.partial_output_bytes)
+    except (redis.RedisError, OSError):
+        log.warning("partial output of %s from this step only", execution_id, exc_info=True)
+        return fallback
 
 
 def _hand_off(

@@ -186,12 +186,17 @@ def run_command(
 
 
 def cancel_unstarted(
-    reporter: Reporter, *, wait: bool = False, started_at: str | None = None
+    reporter: Reporter,
+    *,
+    wait: bool = False,
+    started_at: str | None = None,
+    partial_output: str = "",
 ) -> None:
     """A cancelled execution with nothing running still ends with cancelled + complete.
-    `started_at`: when it started (a playbook cancelled between two steps), if it did."""
+    `started_at`: when it started (a playbook cancelled between two steps), if it did, and
+    `partial_output` what its steps printed."""
     at = started_at or utc_now()
-    reporter.cancelled(CANCEL_REASON, "")
+    reporter.cancelled(CANCEL_REASON, partial_output)
     reporter.complete("cancelled", at, wait=wait)
 
 

@@ -19,7 +19,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from events.lifecycle import Reporter
@@ -176,14 +176,20 @@ def play(
     masker = masker_for(settings, {})
     started_at = reporter.started(masker.mask(name), "playbook", options)
     ending: Ending | None = None
+    # Each step's last output (the executor keeps up to the limit): joined, the playbook's.
+    tails: list[str] = []
     for step in steps:
         if cancel_confirmed():  # between two steps: nothing runs, nothing to kill
             ending = Ending("cancelled")
             break
         outcome = run_step(reporter, settings, step, watch=watch, cancel_confirmed=cancel_confirmed)
+        tails.append(outcome.partial_output)
         ending = after_step(step, outcome)
         if ending is not None:
             break
     assert ending is not None  # the last step always ends it
+    if ending.status == "cancelled":
+        partial = "".join(tails)[-settings.partial_output_bytes :]
+        ending = replace(ending, partial_output=partial)
     report_ending(reporter, ending, started_at)
     return ending

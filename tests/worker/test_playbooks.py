@@ -295,7 +295,8 @@ def test_cancel_during_step_two_kills_it_and_step_three_never_starts(
     assert two["stepNumber"] == 2 and two["success"] is False and two["error"] == "cancelled"
     assert "exitCode" not in two
     cancelled = payloads(events, "execution_cancelled")[0]
-    assert cancelled["partialOutput"] == "started\n" and cancelled["reason"]
+    # The playbook's output so far, over its steps (step 1 ran before the cancel too).
+    assert cancelled["partialOutput"] == "one\nstarted\n" and cancelled["reason"]
     assert payloads(events)[-1]["status"] == "cancelled"
     assert_tree_dead(marker)
     assert f"Terminating {ex}.s2" in worker.log()  # Celery revoked the step's own task
@@ -335,6 +336,7 @@ def test_cancel_between_two_steps_ends_the_run_and_the_late_step_refuses(
     done = payloads(events)[-1]
     started = payloads(events, "execution_started")[0]
     assert done["status"] == "cancelled" and done["startedAt"] == started["startedAt"]
+    assert payloads(events, "execution_cancelled")[0]["partialOutput"] == "one\n"
     late = start_worker(hostname="late@test", queues="later")
     wait_until(
         lambda: (

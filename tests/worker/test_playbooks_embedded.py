@@ -119,6 +119,7 @@ def test_embedded_cancel_mid_step(embedded: EmbeddedDispatcher, tmp_path: Path) 
     ]
     two = payloads(events, "playbook_step_complete")[1]
     assert two["success"] is False and two["error"] == "cancelled"
+    assert payloads(events, "execution_cancelled")[0]["partialOutput"] == "one\nstarted\n"
     assert len(payloads(events, "playbook_step_start")) == 2
     assert payloads(events)[-1]["status"] == "cancelled"
     assert_tree_dead(marker)
