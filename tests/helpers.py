@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+import redis
 
 T = TypeVar("T")
 
@@ -146,3 +149,68 @@ def output_of(events: Iterable[Any], stream: str | None = None) -> str:
     return "".join(
         p["output"] for p in payloads(events, "execution_output") if stream in (None, p["stream"])
     )
+
+
+class PrivateRedis:
+    """A redis-server on its own port and directory. With `persistent`, every write is in the
+    AOF (fsync always) before Redis acknowledges it, so a restart, even after SIGKILL, loses
+    nothing that was acknowledged."""
+
+    def __init__(self, tmp: Path, *, persistent: bool = True) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.dir = tmp / f"redis-{self.port}"
+        self.dir.mkdir()
+        self.persistent = persistent
+        self.proc: ManagedProcess | None = None
+        self.starts = 0
+        self.paused = False
+
+    def start(self) -> None:
+        assert self.proc is None
+        self.starts += 1
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed"
+        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        argv += ["--dir", str(self.dir), "--maxclients", "2000"]
+        if self.persistent:
+            argv += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            argv += ["--appendonly", "no"]
+        self.proc = start_process(
+            argv, dict(os.environ), self.dir / f"server-{self.starts}.log", name="redis-server"
+        )
+        probe = redis.Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=2)
+        try:
+
+            def up() -> bool:
+                assert self.proc is not None and self.proc.proc.poll() is None, self.log()
+                try:
+                    # LOADING while the AOF is read back: not up yet.
+                    return bool(probe.ping())
+                except (redis.ConnectionError, redis.BusyLoadingError):
+                    return False
+
+            wait_until(up, 20.0, 0.02, what="the private redis-server to answer")
+        finally:
+            probe.close()
+
+    def kill(self) -> None:
+        """SIGKILL: a crash; with `persistent` the AOF keeps every acknowledged write."""
+        if self.proc is not None:
+            self.proc.kill_tree()
+            self.proc = None
+            self.paused = False
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+        self.paused = False
+
+    def log(self) -> str:
+        return self.proc.log() if self.proc else ""

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,7 +35,7 @@ from events.publisher import Publisher, make_redis
 from events.records import RecordStore
 from events.settings import Settings
 from events.subscriber import Follower, output_tail, read_history
-from tests.helpers import ManagedProcess, free_port, start_process, wait_until
+from tests.helpers import PrivateRedis, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -190,57 +188,12 @@ def collectors() -> Iterator[Callable[[Follower], Collector]]:
         c.follower.stop()
 
 
-class PrivateRedis:
-    """A redis-server of the test's own, without persistence, that can be stopped and restarted
-    on the same port."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._tmp = tmp
-        self._proc: ManagedProcess | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        assert self._proc is None
-        self.starts += 1
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is not installed"
-        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1"]
-        argv += ["--save", "", "--appendonly", "no", "--dir", str(self._tmp)]
-        self._proc = start_process(
-            argv, dict(os.environ), self._tmp / f"redis-{self.starts}.log", name="redis-server"
-        )
-        probe = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
-        try:
-
-            def up() -> bool:
-                assert self._proc is not None and self._proc.proc.poll() is None, self.log()
-                try:
-                    return bool(probe.ping())
-                except redis.ConnectionError:
-                    return False
-
-            wait_until(up, 10.0, what="private redis-server to answer")
-        finally:
-            probe.close()
-
-    def stop(self) -> None:
-        """Kill it (SIGKILL: a crash, nothing is saved)."""
-        if self._proc is not None:
-            self._proc.kill_tree()
-            self._proc = None
-
-    def log(self) -> str:
-        return self._proc.log() if self._proc else ""
-
-
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
+    server = PrivateRedis(tmp_path, persistent=False)
     server.start()
     yield server
-    server.stop()
+    server.kill()
 
 
 # -- ids and ordering ------------------------------------------------------------------------
@@ -499,7 +452,7 @@ def test_redis_restart_loses_nothing_published_after_it_or_buffered_before(
     assert pub.flush(10.0)
     wait_until(lambda: len(early.events) >= 100, 20.0, what="100 events before the restart")
 
-    private_redis.stop()
+    private_redis.kill()
     slowest_s = 0.0
     for i in range(200):
         t = time.monotonic()
@@ -570,7 +523,7 @@ def test_redis_restart_while_publishing_continues_the_ids(
             return 0
 
     wait_until(lambda: stored() >= 600, 20.0, what="600 stored events")
-    private_redis.stop()
+    private_redis.kill()
     stopped.set()
     wait_until(lambda: not pub.connected, 10.0, what="the publisher to notice Redis is gone")
     private_redis.start()
@@ -708,7 +661,7 @@ def test_overflow_while_redis_is_down_is_counted_in_dropped_bytes(
     pub = new_publisher(settings)
     pub.publish(started(ex))
     assert pub.flush(10.0)
-    private_redis.stop()
+    private_redis.kill()
 
     # Multi-byte text: droppedBytes counts UTF-8 bytes, not characters.
     texts = [f"{i:03d} " + "é" * 150 + "\n" for i in range(40)]

@@ -37,14 +37,14 @@ from kombu.messaging import Producer
 
 from events.errors import InvalidRequestError
 from events.models import utc_now
-from tests.faults.conftest import MakeFleet, PrivateRedis
+from tests.faults.conftest import MakeFleet
 from tests.faults.invariants import (
     LEDGER,
     WORKER_DIES_ON_QUEUE_GARBAGE,
     Tracked,
     require,
 )
-from tests.helpers import REPO, cloudops_argv, venv_path_env, wait_until
+from tests.helpers import REPO, PrivateRedis, cloudops_argv, venv_path_env, wait_until
 from worker.app import TASK_RUN_COMMAND, TASK_RUN_STEP, broker_key_prefix
 from worker.playbook_spec import PlaybookError, load_playbook, render_playbook
 

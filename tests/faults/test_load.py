@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from events.errors import ExecutionEndedError
-from tests.faults.conftest import MakeFleet, PrivateRedis
+from tests.faults.conftest import MakeFleet
 from tests.faults.invariants import LEDGER, Tracked, read_history
-from tests.helpers import wait_until
+from tests.helpers import PrivateRedis, wait_until
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration, pytest.mark.slow]
 

@@ -21,9 +21,9 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from tests.faults.conftest import Fleet, MakeFleet, PrivateRedis, hold
+from tests.faults.conftest import Fleet, MakeFleet, hold
 from tests.faults.invariants import LEDGER, Tracked
-from tests.helpers import wait_until
+from tests.helpers import PrivateRedis, wait_until
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
 

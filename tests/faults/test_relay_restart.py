@@ -23,9 +23,16 @@ import pytest
 from api.client import RelayClient
 from events.models import RawEvent
 from tests.conftest import worker_env
-from tests.faults.conftest import Fleet, MakeFleet, PrivateRedis, hold
+from tests.faults.conftest import Fleet, MakeFleet, hold
 from tests.faults.invariants import LEDGER, Tracked, require
-from tests.helpers import ManagedProcess, cloudops_argv, free_port, start_process, wait_until
+from tests.helpers import (
+    ManagedProcess,
+    PrivateRedis,
+    cloudops_argv,
+    free_port,
+    start_process,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.conftest import MakeFleet, PrivateRedis
+from tests.faults.conftest import MakeFleet
 from tests.faults.invariants import LEDGER
+from tests.helpers import PrivateRedis
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
 

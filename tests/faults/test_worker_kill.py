@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-from tests.faults.conftest import MakeFleet, PrivateRedis, hold
+from tests.faults.conftest import MakeFleet, hold
 from tests.faults.invariants import LEDGER, Tracked, require
-from tests.helpers import wait_until
+from tests.helpers import PrivateRedis, wait_until
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
 
