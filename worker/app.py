@@ -23,6 +23,9 @@ def broker_key_prefix(settings: Settings) -> str:
 def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.effective_broker_url,
+        # kombu's Redis transport, but a queue item that is not a message is dropped instead of
+        # shutting the worker down (worker/transport.py).
+        "broker_transport": "worker.transport:Transport",
         "broker_transport_options": {"global_keyprefix": broker_key_prefix(settings)},
         "broker_connection_retry_on_startup": True,
         "task_default_queue": settings.default_queue,

@@ -333,12 +333,7 @@ def require(ok: bool, violation: str, known: Sequence[KnownBug] = ()) -> None:
 
 
 # -- bugs found by this suite in code it does not own, reported and not fixed yet -------------
-# (Fixed since, and so checked strictly again: worker lost reported as shut down, lost and
-# malformed-spec executions left 'running', orphaned pool processes, the lease lapsing during
-# the final flush, the relay's unbounded graceful stop, tracebacks from --remote.)
-
-WORKER_DIES_ON_QUEUE_GARBAGE = KnownBug(
-    ("after a queue item that is not a message",),
-    "kombu's Redis transport json-decodes what it pops from the queue list in the worker's "
-    "consumer loop: one item that is not JSON is 'Unrecoverable error' and the worker shuts down",
-)
+# None now. (Fixed since, and so checked strictly again: worker lost reported as shut down, lost
+# and malformed-spec executions left 'running', orphaned pool processes, the lease lapsing during
+# the final flush, the relay's unbounded graceful stop, tracebacks from --remote, and kombu
+# shutting a worker down on a queue item that is not a message: worker/transport.py.)

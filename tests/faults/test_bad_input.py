@@ -40,7 +40,6 @@ from events.models import utc_now
 from tests.faults.conftest import MakeFleet
 from tests.faults.invariants import (
     LEDGER,
-    WORKER_DIES_ON_QUEUE_GARBAGE,
     Tracked,
     require,
 )
@@ -343,7 +342,7 @@ def judge(
     )
     ran = "[cloudops] execution " in err or out.startswith('{"event"')
     error_lines = [line for line in err.splitlines() if line.startswith("cloudops: error:")]
-    if code == 2:
+    if code == 2 and not ran:  # a command that ran may exit 2 itself (`printf -0`)
         require(
             len(err.strip().splitlines()) == 1 and len(error_lines) == 1,
             f"{shown}: exit 2 must be one 'cloudops: error:' line on stderr, got {err!r}",
@@ -487,7 +486,8 @@ def test_worker_fed_garbage_keeps_serving(
     def broker_list_garbage() -> None:
         # Below kombu: an item in the queue's Redis list that is not a kombu message at all.
         prefix, q = broker_key_prefix(s), s.default_queue
-        rt.redis.lpush(f"{prefix}{q}", b"\x00 not even json")
+        for item in (b"\x00 not even json", b"\xff\xfe", b'"a string"', b"[1, 2]", b'{"no": 1}'):
+            rt.redis.lpush(f"{prefix}{q}", item)
 
     kinds = {
         "tasks with bad arguments, unknown names, undecodable bodies": garbage_tasks,
@@ -512,11 +512,7 @@ def test_worker_fed_garbage_keeps_serving(
             alive() and served,
             f"the worker {'served' if served else 'did not serve'} the next execution and"
             f" {'lives' if alive() else 'died'} after {kind}:\n{worker.log()[-1500:]}",
-            known=[WORKER_DIES_ON_QUEUE_GARBAGE],
         )
-        if not served:
-            fleet.tracked.remove(ok)  # nobody can run it (the known bug, reported)
-            break
     fleet.check(timeout_s=10)
     log = worker.log()
     require("WorkerLostError" not in log, f"a pool process died:\n{log[-3000:]}")
