@@ -1,7 +1,7 @@
 """Subscribers that run in a process of their own, as a client would, so that they do not
 share a GIL with what they measure.
 
-    python -m tests.benchmarks.probes follow REDIS_URL KEY_PREFIX EXECUTION_ID
+    python -m tests.benchmarks.probes follow REDIS_URL KEY_PREFIX EXECUTION_ID [each|after]
     python -m tests.benchmarks.probes naive REDIS_URL CHANNEL
 
 Each prints `ready` once it is subscribed, then one JSON line when done: output bytes received,
@@ -32,7 +32,11 @@ def output_bytes(envelopes: list[str | bytes]) -> int:
     return sum(len(json.loads(data)["payload"]["output"].encode()) for data in envelopes)
 
 
-def follow(redis_url: str, key_prefix: str, execution_id: str) -> dict[str, Any]:
+def follow(
+    redis_url: str, key_prefix: str, execution_id: str, parse: str = "after"
+) -> dict[str, Any]:
+    """parse="each": json-parse every output payload as it arrives (a consumer's work, clocked
+    too), "after": once the last event is in (the default, the bus's own figure)."""
     client = redis.Redis.from_url(redis_url)
     nbytes = events = 0
     last_id = 0
@@ -46,12 +50,15 @@ def follow(redis_url: str, key_prefix: str, execution_id: str) -> dict[str, Any]
         contiguous = contiguous and ev.id == last_id + 1
         last_id = ev.id
         if ev.event == "execution_output":
-            received.append(ev.data)
+            if parse == "each":
+                nbytes += len(json.loads(ev.data)["payload"]["output"].encode())
+            else:
+                received.append(ev.data)
     # The clock stops when the subscriber has every event, as the relay passes them on; the
     # payloads are parsed and counted after (parsing is the consumer's work, not the bus's).
     end = time.monotonic()
     cpu_s = time.process_time() - cpu0
-    nbytes = output_bytes(received)
+    nbytes += output_bytes(received)
     return {"cpu_s": cpu_s, "bytes": nbytes, "events": events, "contiguous": contiguous, "end": end}
 
 
@@ -119,7 +126,7 @@ class Probe:
 
 
 def main(argv: list[str]) -> None:
-    if argv[:1] == ["follow"] and len(argv) == 4:
+    if argv[:1] == ["follow"] and len(argv) in (4, 5):
         result = follow(*argv[1:])
     elif argv[:1] == ["naive"] and len(argv) == 3:
         result = naive(*argv[1:])

@@ -71,15 +71,16 @@ def interleaved(
     return median(ours), median(pipe)
 
 
-def bus_once(ctx: Context, lines: int) -> float:
+def bus_once(ctx: Context, lines: int, parse: str = "after") -> float:
     """MB/s of `seq lines` through executor pipe -> OutputCoalescer -> Publisher -> Redis ->
-    a Follower in another process, from the command's start to execution_complete received."""
+    a Follower in another process, from the command's start to execution_complete received
+    (`parse`: when the subscriber json-parses the payloads, see probes.follow)."""
     settings = Settings(redis_url=ctx.redis_url, key_prefix=ctx.key_prefix("bus"))
     client = make_redis(ctx.redis_url)
     execution_id = "ex_bench_" + uuid.uuid4().hex[:12]
     expected = seq_bytes(lines)
     try:
-        with Probe("follow", ctx.redis_url, settings.key_prefix, execution_id) as probe:
+        with Probe("follow", ctx.redis_url, settings.key_prefix, execution_id, parse) as probe:
             publisher = Publisher(client, Keys(settings.key_prefix), settings)
             reporter = Reporter(publisher, execution_id, worker="bench")
             t0 = time.monotonic()
@@ -141,6 +142,8 @@ def bus_row(ctx: Context) -> list[Figure]:
     lines = ctx.pick(SEQ_LINES, SEQ_LINES_QUICK)
     repeats = ctx.pick(5, 1)
     bus, pipe = interleaved(ctx, lines, repeats, lambda: bus_once(ctx, lines))
+    # The same with a subscriber that json-parses every payload before taking the next event.
+    parsing = median([bus_once(ctx, lines, parse="each") for _ in range(ctx.pick(3, 1))])
     naive_lines = ctx.pick(NAIVE_LINES, NAIVE_LINES_QUICK)
     naive = naive_once(ctx, naive_lines)
     ctx.throughput_mb_s["bus"] = bus
@@ -163,6 +166,14 @@ def bus_row(ctx: Context) -> list[Figure]:
             naive,
             "PUBLISH per line",
             note=f"naive: first {naive_lines} lines",
+        ),
+        Figure(
+            "bus throughput, subscriber parsing each",
+            "MB/s",
+            parsing,
+            pipe,
+            "raw pipe read",
+            note="the subscriber json-parses every payload on arrival (stdlib json), clocked",
         ),
     ]
 
