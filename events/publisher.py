@@ -455,6 +455,10 @@ class Publisher:
         and pipeline machinery (observability hooks, retry wrappers) cost ~100 us per batch,
         as much as a small batch's whole Redis round trip. A forked child makes its own."""
         if self._conn is None or self._conn_pid != os.getpid():
+            # Scripts loaded up front: the first batch need not learn of them through NOSCRIPT
+            # (after which fakeredis' TCP server, the embedded relay's, drops the connection).
+            self._redis.script_load(PUBLISH_LUA)
+            self._redis.script_load(STATE_LUA)
             self._conn = self._redis.connection_pool.make_connection()
             self._conn_pid = os.getpid()
         return self._conn

@@ -67,5 +67,24 @@ def test_embedded_relay_runs_commands_and_serves_the_console(tmp_path: Path) -> 
         page = httpx.get(f"{base}/", timeout=5)
         assert page.status_code == 200 and "<html" in page.text.lower()
         assert "embedded-token-1" not in relay.log()
+
+        # Big output takes the publisher's MULTI/EXEC path, here against fakeredis over TCP.
+        resp = httpx.post(
+            f"{base}/api/executions",
+            json={"command": "seq 200000", "commandType": "script"},
+            headers=auth,
+            timeout=10,
+        )
+        big = resp.json()["executionId"]
+
+        def ended() -> bool:
+            rec = httpx.get(f"{base}/api/executions/{big}", headers=auth, timeout=5).json()
+            return rec["status"] not in ("queued", "running")
+
+        wait_until(ended, 60, 0.1, "seq 200000 to end")
+        output = httpx.get(f"{base}/api/executions/{big}/output", headers=auth, timeout=30)
+        assert output.text == "".join(f"{i}\n" for i in range(1, 200001))
+        # Nothing had to be retried on the way (the scripts are loaded up front).
+        assert "Redis unreachable" not in relay.log()
     finally:
         relay.stop(timeout_s=5)
