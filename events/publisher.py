@@ -205,11 +205,9 @@ def _reply(conn: Any) -> Any:
 def _send_all(conn: Any, pieces: list[bytes]) -> None:
     """Send the pieces with as few syscalls as the kernel allows (sendmsg gathers them); a TLS
     socket, which has no sendmsg, sends them one by one."""
-    if conn._sock is None:
-        conn.connect()
-    sock = conn._sock
+    sock = getattr(conn, "_sock", None)  # redis-py's, private: anything else takes its path
     if type(sock) is not socket.socket:
-        conn.send_packed_command(pieces)
+        conn.send_packed_command(pieces)  # also (re)connects
         return
     views = [memoryview(p) for p in pieces if p]
     i = 0
