@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,6 +135,7 @@ class _Envelope:
     copied (hiredis' packer copies each argument, ~24 us per 64 KiB) and never re-encoded."""
 
     __slots__ = ("channels", "entry_id", "head", "history", "tail")
+    COMMANDS = 3  # what pack() writes: one XADD, one PUBLISH per channel
 
     def __init__(
         self, history: str, seq: int, channels: tuple[str, str], head: str, tail: str
@@ -202,6 +203,12 @@ def _reply(conn: Any) -> Any:
         return e
 
 
+def _raise_first_error(replies: Sequence[Any]) -> None:
+    for r in replies:
+        if isinstance(r, Exception):
+            raise r
+
+
 def _send_all(conn: Any, pieces: list[bytes]) -> None:
     """Send the pieces with as few syscalls as the kernel allows (sendmsg gathers them); a TLS
     socket, which has no sendmsg, sends them one by one."""
@@ -228,17 +235,24 @@ def _send_all(conn: Any, pieces: list[bytes]) -> None:
 
 @dataclass
 class _ExecState:
-    """One execution's publish state while a direct batch is decided."""
+    """One execution's publish state while a direct batch is decided, and as it was read (the
+    record fields are written back only if they changed)."""
 
     seq: int
     complete: bool
     used: int
     truncated: bool
     pub: int
+    used_before: int
+    truncated_before: bool
+    pub_before: int
     published: int = 0
-    used_before: int = 0
-    truncated_before: bool = False
-    pub_before: int = 0
+
+    @classmethod
+    def read(cls, values: Sequence[Any]) -> _ExecState:
+        """From STATE_LUA's five values for one execution."""
+        seq, complete, used, truncated, pub = (int(v) for v in values)
+        return cls(seq, bool(complete), used, bool(truncated), pub, used, bool(truncated), pub)
 
 
 def make_redis(url: str, **kwargs: object) -> redis.Redis:
@@ -498,9 +512,7 @@ class Publisher:
         except BaseException:
             conn.disconnect()  # a half-read batch leaves replies on the socket
             raise
-        for r in replies:
-            if isinstance(r, Exception):
-                raise r
+        _raise_first_error(replies)
         return [int(r) for r in replies]
 
     def _send_direct(self, batch: list[_Item]) -> list[int]:
@@ -527,20 +539,18 @@ class Publisher:
         conn = self._connection()
         try:
             for _ in range(_DIRECT_TRIES):
-                conn.send_packed_command(conn.pack_commands([("WATCH", *seq_keys), state_cmd]))
+                _send_all(conn, pack_resp([("WATCH", *seq_keys), state_cmd]))
                 conn.read_response()
                 raw: Any = conn.read_response()
                 results, cmds = self._direct_commands(batch, execs, raw)
                 _send_all(conn, pack_resp([("MULTI",), *cmds, ("EXEC",)]))
-                queued = sum(3 if isinstance(c, _Envelope) else 1 for c in cmds)
+                queued = sum(c.COMMANDS if isinstance(c, _Envelope) else 1 for c in cmds)
                 for _ in range(queued + 1):
                     conn.read_response()  # OK, then QUEUED per command
                 reply: Any = conn.read_response()
                 if reply is None:
                     continue  # another publisher got in between: decide again
-                for r in reply:
-                    if isinstance(r, Exception):
-                        raise r
+                _raise_first_error(reply)
                 return results
         except BaseException:
             # The connection may hold a WATCH or half a transaction: start a new one.
@@ -554,10 +564,7 @@ class Publisher:
         self, batch: list[_Item], execs: list[str], raw: Any
     ) -> tuple[list[int], list[tuple[Any, ...] | _Envelope]]:
         keys = self._keys
-        state: dict[str, _ExecState] = {}
-        for i, ex in enumerate(execs):
-            seq, complete, used, truncated, pub = (int(v) for v in raw[5 * i : 5 * i + 5])
-            state[ex] = _ExecState(seq, bool(complete), used, bool(truncated), pub)
+        state = {ex: _ExecState.read(raw[5 * i : 5 * i + 5]) for i, ex in enumerate(execs)}
         cap = self._settings.max_output_bytes
         results: list[int] = []
         cmds: list[tuple[Any, ...] | _Envelope] = []

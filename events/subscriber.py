@@ -65,8 +65,9 @@ def output_tail(client: redis.Redis, keys: Keys, execution_id: str, limit_chars:
     upper = "+"
     while size < limit_chars:
         entries: Any = client.xrevrange(keys.history(execution_id), max=upper, count=_PAGE)
-        for _entry_id, fields in entries:
-            ev = _entry_event(_entry_id, fields)
+        for entry_id, fields in entries:
+            ev = _entry_event(entry_id, fields)
+            upper = f"({ev.id}-0"
             if ev.event == "execution_output":
                 text: str = orjson.loads(ev.data)["payload"]["output"]
                 parts.append(text)
@@ -75,13 +76,8 @@ def output_tail(client: redis.Redis, keys: Keys, execution_id: str, limit_chars:
                     break
         if len(entries) < _PAGE:
             break
-        upper = f"({_s(entries[-1][0])}"
     joined = "".join(reversed(parts))
     return joined[-limit_chars:] if len(joined) > limit_chars else joined
-
-
-def _s(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
 
 
 def iter_history(

@@ -163,6 +163,28 @@ def _get(url: str, token: str | None = None) -> Any:
     return resp.json() if resp.status_code == 200 else None
 
 
+def _history(stack: Stack, ex: str) -> list[dict[str, Any]]:
+    """Every envelope of an ended execution, from the relay's SSE stream."""
+    with httpx.stream(
+        "GET",
+        f"{stack.relay_url}/api/executions/{ex}/events",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    ) as stream:
+        return [json.loads(line[5:]) for line in stream.iter_lines() if line.startswith("data:")]
+
+
+def _wait_ended(stack: Stack, ex: str, timeout_s: float, what: str) -> dict[str, Any]:
+    """The execution's record once it is no longer queued or running."""
+
+    def ended() -> dict[str, Any]:
+        rec: dict[str, Any] = _get(f"{stack.relay_url}/api/executions/{ex}", TOKEN) or {}
+        return rec if rec.get("status") not in (None, "queued", "running") else {}
+
+    record: dict[str, Any] = wait_until(ended, timeout_s, 0.1, what)
+    return record
+
+
 PLAYBOOK = """
 name: fleet tour
 steps:
@@ -201,14 +223,7 @@ def test_playbook_over_two_hosts_through_the_relay_flower_and_records_agree(
     assert record["status"] == "completed" and record["commandType"] == "playbook"
     assert [s["worker"] for s in record["steps"]] == ["hostA@fleet", "hostB@fleet", "hostA@fleet"]
     assert [s["status"] for s in record["steps"]] == ["completed"] * 3
-    with httpx.stream(
-        "GET",
-        f"{stack.relay_url}/api/executions/{ex}/events",
-        headers={"Authorization": f"Bearer {TOKEN}"},
-        timeout=30,
-    ) as stream:
-        history = [json.loads(line[5:]) for line in stream.iter_lines() if line.startswith("data:")]
-    assert history == envelopes
+    assert _history(stack, ex) == envelopes
 
     # Flower lists every step task with its worker and final state.
     def flower_tasks() -> dict[str, Any]:
@@ -240,11 +255,7 @@ def test_worker_stopped_with_sigterm_ends_its_command_cleanly(stack: Stack) -> N
     t0 = time.monotonic()
     worker.proc.send_signal(15)  # warm shutdown, as systemctl stop / docker stop do
 
-    def ended() -> dict[str, Any]:
-        rec: dict[str, Any] = _get(f"{stack.relay_url}/api/executions/{ex}", TOKEN) or {}
-        return rec if rec.get("status") not in (None, "running") else {}
-
-    rec = wait_until(ended, 30, 0.1, "the execution to end")
+    rec = _wait_ended(stack, ex, 30, "the execution to end")
     # CLOUDOPS_SHUTDOWN_GRACE_S=1 here: then the command is stopped cleanly, not orphaned.
     assert rec["status"] == "failed" and "worker shut down" in rec["error"]
     assert worker.proc.wait(30) is not None
@@ -302,18 +313,9 @@ def test_big_output_goes_through_the_tls_redis_whole(stack: Stack) -> None:
         "executionId"
     ]
 
-    def ended() -> dict[str, Any]:
-        rec: dict[str, Any] = _get(f"{stack.relay_url}/api/executions/{ex}", TOKEN) or {}
-        return rec if rec.get("status") not in (None, "queued", "running") else {}
-
-    assert wait_until(ended, 60, 0.1, "seq to end")["status"] == "completed"
+    assert _wait_ended(stack, ex, 60, "seq to end")["status"] == "completed"
     output = httpx.get(f"{stack.relay_url}/api/executions/{ex}/output", headers=headers).text
     assert output == "".join(f"{i}\n" for i in range(1, 200001))
-    with httpx.stream(
-        "GET", f"{stack.relay_url}/api/executions/{ex}/events", headers=headers, timeout=30
-    ) as stream:
-        ids = [
-            json.loads(line[5:])["id"] for line in stream.iter_lines() if line.startswith("data:")
-        ]
+    ids = [e["id"] for e in _history(stack, ex)]
     assert ids == list(range(1, len(ids) + 1))
     assert len(ids) >= 2 + 1_288_895 // 65536  # started, the chunks, complete

@@ -214,32 +214,14 @@ class Executor:
         # A process that left the session (setsid) may hold our pipes after the leader died;
         # we stop waiting for its EOF this long after the leader's end.
         give_up_at: float | None = None
-        open_fds = set(streams)
+        pipes = _Pipes(sel, streams, self._read, self._coalescer.interval_s)
         leader_exited = pidfd is None  # unknown without a pidfd: ask waitpid every time
-        interval_s = self._coalescer.interval_s
-        held: dict[int, float] = {}  # fd -> when it was seen readable, left unread
-        trickles = dict.fromkeys(streams, False)
-
-        def read(fd: int, seen: float) -> None:
-            if self._read(fd, streams[fd], seen, trickles):
-                return
-            open_fds.discard(fd)
-            if fd not in held:
-                sel.unregister(fd)
-
-        def read_held() -> None:
-            for fd, seen in sorted(held.items(), key=lambda kv: kv[1]):
-                read(fd, seen)  # while still held: its fd is out of the poll set
-                del held[fd]
-                if fd in open_fds:
-                    sel.register(fd, selectors.EVENT_READ)
-
         try:
-            while open_fds:
+            while pipes.open:
                 now = time.monotonic()
                 may_hold = kill_at is None and not leader_done and self._stop_reason is None
-                if held and not may_hold:
-                    read_held()
+                if pipes.held and not may_hold:
+                    pipes.read_held()
                     continue
                 waits = [
                     self._coalescer.deadline(),
@@ -247,7 +229,7 @@ class Executor:
                     kill_at,
                     None if pidfd is not None or leader_done else now + 0.05,
                     give_up_at,
-                    min(held.values()) + interval_s if held else None,
+                    pipes.hold_due(),
                 ]
                 nearest = min((w for w in waits if w is not None), default=None)
                 timeout = None if nearest is None else max(0.0, nearest - now)
@@ -263,23 +245,11 @@ class Executor:
                         os.close(fd)
                         pidfd = None
                         leader_exited = True
-                seen = time.monotonic()
-                if (
-                    len(ready) == 1
-                    and not held
-                    and may_hold
-                    and trickles[ready[0]]
-                    and self._stop_reason is None
-                ):
-                    held[ready[0]] = seen
-                    sel.unregister(ready[0])
-                elif ready:
-                    read_held()  # what was held came before what is ready now
-                    for fd in ready:
-                        read(fd, seen)
+                pipes.take(ready, time.monotonic(), may_hold)
                 now = time.monotonic()
-                if held and (self._coalescer.due(now) or now >= min(held.values()) + interval_s):
-                    read_held()
+                hold_due = pipes.hold_due()
+                if hold_due is not None and (self._coalescer.due(now) or now >= hold_due):
+                    pipes.read_held()
                 if self._coalescer.due(now):
                     self._coalescer.flush()
                 if give_up_at is not None and now >= give_up_at:
@@ -315,20 +285,20 @@ class Executor:
         self._coalescer.close(time.monotonic())
         return timed_out
 
-    def _read(self, fd: int, stream: Stream, seen: float, trickles: dict[int, bool]) -> bool:
-        """One read; False at EOF. `seen`: when the bytes were known to be there."""
+    def _read(self, fd: int, stream: Stream, seen: float) -> int | None:
+        """One read: the bytes it brought, None at EOF. `seen`: when they were known to be
+        there."""
         try:
             data = os.read(fd, _READ_BYTES)
         except BlockingIOError:
-            return True
+            return 0
         except OSError as e:
-            return e.errno == errno.EINTR
+            return 0 if e.errno == errno.EINTR else None
         if not data:
-            return False
+            return None
         self.reads += 1
-        trickles[fd] = len(data) < _TRICKLE_BYTES
         self._coalescer.feed(stream, data, seen)
-        return True
+        return len(data)
 
     def _finish(self, t0: float, timed_out: bool) -> RunResult:
         proc = self.proc
@@ -382,6 +352,59 @@ def _exit_error(code: int) -> str:
 
 def _ms(t0: float) -> int:
     return int((time.monotonic() - t0) * 1000)
+
+
+class _Pipes:
+    """The command's stdout and stderr while the pump reads them: which are still open, and
+    the holding of a trickling one (see _TRICKLE_BYTES and Executor._pump)."""
+
+    def __init__(
+        self,
+        sel: selectors.BaseSelector,
+        streams: dict[int, Stream],
+        read: Callable[[int, Stream, float], int | None],
+        interval_s: float,
+    ) -> None:
+        self._sel = sel
+        self._streams = streams
+        self._read = read
+        self._interval_s = interval_s
+        self.open = set(streams)
+        self.held: dict[int, float] = {}  # fd -> when it was seen readable, left unread
+        self._trickles = dict.fromkeys(streams, False)
+
+    def hold_due(self) -> float | None:
+        """When the held stream must be read, or None."""
+        return min(self.held.values()) + self._interval_s if self.held else None
+
+    def take(self, ready: list[int], seen: float, may_hold: bool) -> None:
+        """Streams the poll found readable at `seen`: hold the one trickling stream, or read."""
+        if not ready:
+            return
+        fd = ready[0]
+        if may_hold and len(ready) == 1 and not self.held and self._trickles[fd]:
+            self.held[fd] = seen
+            self._sel.unregister(fd)
+            return
+        self.read_held()  # what was held came before what is ready now
+        for fd in ready:
+            self._read_one(fd, seen)
+
+    def read_held(self) -> None:
+        for fd, seen in sorted(self.held.items(), key=lambda kv: kv[1]):
+            self._read_one(fd, seen)  # while still held: its fd is out of the poll set
+            del self.held[fd]
+            if fd in self.open:
+                self._sel.register(fd, selectors.EVENT_READ)
+
+    def _read_one(self, fd: int, seen: float) -> None:
+        n = self._read(fd, self._streams[fd], seen)
+        if n is None:
+            self.open.discard(fd)
+            if fd not in self.held:
+                self._sel.unregister(fd)
+        elif n:
+            self._trickles[fd] = n < _TRICKLE_BYTES
 
 
 def _drain(fd: int) -> None:

@@ -201,17 +201,17 @@ def _run_claimed(
         if ending is None:
             return outcome.status
     if ending.status == "cancelled":
-        ending = replace(ending, partial_output=playbook_output_tail(rt, execution_id, ending))
+        tail = playbook_output_tail(rt, execution_id, fallback=ending.partial_output)
+        ending = replace(ending, partial_output=tail)
     report_ending(reporter, ending, started_at)
     _end(rt, execution_id, worker, send)
     return ending.status
 
 
-def playbook_output_tail(rt: Runtime, execution_id: str, ending: Ending | None = None) -> str:
+def playbook_output_tail(rt: Runtime, execution_id: str, fallback: str = "") -> str:
     """partialOutput of a cancelled playbook: its last output over every step (earlier steps
-    may have run on other hosts, so it comes from the history), or, should Redis fail, what
-    this step's executor kept."""
-    fallback = ending.partial_output if ending is not None else ""
+    may have run on other hosts, so it comes from the history), or, should Redis fail,
+    `fallback` (what this step's executor kept)."""
     try:
         rt.publisher.flush(10)
         return output_tail(rt.redis, rt.keys, execution_id, rt.settings.partial_output_bytes)
