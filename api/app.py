@@ -2,14 +2,16 @@
 
     uvicorn --factory mymodule:make_app    # where make_app() returns create_app(...)
 
-Redis is required (the relay only bridges it). Long-lived streams never end by themselves: run
-uvicorn with `timeout_graceful_shutdown` (a few seconds) so that a restart does not wait on them.
+Redis is required (the relay only bridges it): its URL from the settings, or clients injected
+by the composition root (embedded mode's in-process Redis). Long-lived streams never end by
+themselves: run uvicorn with `timeout_graceful_shutdown` (a few seconds) so that a restart does
+not wait on them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -20,15 +22,19 @@ from fastapi.staticfiles import StaticFiles
 
 from api import errors
 from api.auth import install_log_redaction
+from api.dispatch import Dispatcher, HealthCheck, Service
+from api.headers import SecurityHeaders
+from api.limits import BodyLimit, nesting_refused
 from api.options import RelayOptions
-from api.relay import Relay
+from api.playbooks import playbooks_router
+from api.relay import Relay, RelayClients
 from api.routes import api, ops
 from api.streams import streams, ws_router
+from events.db.playbooks import PlaybookStore
+from events.db.query import History
+from events.db.search import NEXT_CURSOR
 from events.errors import ConfigError
 from events.settings import Settings
-from worker.dispatch import Dispatcher
-from worker.reaper import start_reaper
-from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -39,29 +45,38 @@ def create_app(
     settings: Settings,
     dispatcher: Dispatcher,
     *,
-    redis_url: str | None = None,
+    clients: RelayClients | None = None,
     options: RelayOptions | None = None,
+    services: Sequence[Service] = (),
+    checks: Sequence[HealthCheck] = (),
+    history: History | None = None,
+    playbooks: PlaybookStore | None = None,
 ) -> FastAPI:
-    url = redis_url or settings.redis_url
-    if url is None:
+    """The relay. `clients` are its async Redis clients (default: from the settings' Redis);
+    `services` run for the relay's lifetime (started after it, stopped before it); `checks`
+    are what /healthz checks besides Redis (the broker); `history` the database the relay reads
+    an execution from once Redis forgot it; `playbooks` the saved playbooks (in that database:
+    without one, their routes answer 503)."""
+    if clients is None and settings.embedded:
         raise ConfigError("the relay needs Redis: set CLOUDOPS_REDIS_URL")
     opts = options or RelayOptions()
     install_log_redaction()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        relay = await Relay.start(settings, dispatcher, url, opts)
+        relay = await Relay.start(settings, dispatcher, opts, clients, history)
+        relay.checks = tuple(checks)
+        relay.playbooks = playbooks
         app.state.relay = relay
-        # The relay also ends executions whose worker is gone (expired lease), so that they
-        # end even when no worker is left to notice. It only reads and publishes: it never
-        # signals a process (hostname None: no execution is local to the relay).
-        reaper = Runtime.build(settings.with_(redis_url=url))
-        stop_reaper = start_reaper(reaper, None)
+        started: list[Service] = []
         try:
+            for service in services:
+                service.start()
+                started.append(service)
             yield
         finally:
-            stop_reaper.set()
-            reaper.publisher.close(timeout_s=2)
+            for service in reversed(started):
+                service.stop()
             await relay.stop()
 
     app = FastAPI(
@@ -69,17 +84,28 @@ def create_app(
         version="0.1.0",
         description="Submit, follow and cancel executions; streams as SSE and WebSocket.",
         lifespan=lifespan,
+        # Swagger UI and ReDoc load their code from a public CDN: not on a relay that runs
+        # commands. The spec stays at /openapi.json for any viewer you trust.
+        docs_url=None,
+        redoc_url=None,
     )
     errors.install(app)
+    app.add_exception_handler(RecursionError, nesting_refused)
+    # Outermost last: CORS, then the security headers, then the body limit, then the routes.
+    app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(SecurityHeaders)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            # A browser's script may read the list's next-page cursor.
+            expose_headers=[NEXT_CURSOR],
             max_age=600,
         )
     app.include_router(api)
+    app.include_router(playbooks_router)
     app.include_router(streams)
     app.include_router(ws_router)
     app.include_router(ops)
@@ -89,7 +115,7 @@ def create_app(
 
 _PLACEHOLDER = (
     "<!doctype html><meta charset=utf-8><title>cloudops</title>"
-    "<p>cloudops relay: the console is not installed. API: <a href=/docs>/docs</a>.</p>"
+    "<p>cloudops relay: the console is not installed. API: <a href=/openapi.json>OpenAPI</a>.</p>"
 )
 
 

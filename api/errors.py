@@ -1,4 +1,6 @@
-"""Every error as `{"detail": "..."}`; bad input names the field (`options.timeout: ...`)."""
+"""Every error as `{"detail": "..."}`; bad input names the field (`options.timeout: ...`). A
+request refused for a list of problems (a bad playbook, CONTRACT §5) has FastAPI's shape:
+`{"detail": [{"loc": ["body", "playbook", "steps", 1, "timeout"], "msg": "..."}, ...]}`."""
 
 from __future__ import annotations
 
@@ -14,11 +16,15 @@ from starlette.exceptions import HTTPException
 
 from api.auth import AuthError
 from api.schemas import COMMAND_TYPES
+from events.db.errors import NO_DATABASE, DatabaseUnavailableError, NoDatabaseError
 from events.errors import (
+    BrokerUnavailableError,
     BusError,
     ExecutionEndedError,
     InvalidRequestError,
+    ProblemsError,
     UnknownExecutionError,
+    UnknownPlaybookError,
 )
 
 log = logging.getLogger(__name__)
@@ -84,6 +90,8 @@ def validation_detail(errors: Sequence[Any]) -> str:
     err = errors[0]
     name = field_name(err.get("loc", ()))
     if err.get("type", "").startswith("union_tag_"):
+        if not isinstance(err.get("input"), dict):
+            return "body: must be a JSON object"
         name = "commandType"  # the only tagged union of the API: the submit body
     return f"{name}: {error_message(err)}"
 
@@ -110,8 +118,24 @@ async def _invalid(_: Request, exc: Exception) -> JSONResponse:
     return _json(422, f"{exc.field}: {exc.message}")
 
 
+async def _problems(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ProblemsError)
+    # Every problem names a field of the body, as FastAPI's own locations do.
+    detail = [{"loc": ["body", *p.loc], "msg": p.msg} for p in exc.problems]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
 async def _unknown(_: Request, exc: Exception) -> JSONResponse:
     return _json(404, str(exc))
+
+
+async def _no_database(_: Request, exc: Exception) -> JSONResponse:
+    return _json(503, NO_DATABASE)
+
+
+async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    log.warning("%s", exc)
+    return _json(503, str(exc))
 
 
 async def _ended(_: Request, exc: Exception) -> JSONResponse:
@@ -128,13 +152,24 @@ async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
     return _json(503, "the event store (Redis) is unavailable; retry later")
 
 
+async def _broker_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BrokerUnavailableError)
+    log.warning("%s", exc)
+    return _json(503, f"the broker ({exc.broker}) is unavailable; retry later")
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(InvalidRequestError, _invalid)
+    app.add_exception_handler(ProblemsError, _problems)  # the most derived class's handler wins
     app.add_exception_handler(UnknownExecutionError, _unknown)
+    app.add_exception_handler(UnknownPlaybookError, _unknown)
+    app.add_exception_handler(NoDatabaseError, _no_database)
+    app.add_exception_handler(DatabaseUnavailableError, _database_unavailable)
     app.add_exception_handler(ExecutionEndedError, _ended)
     app.add_exception_handler(AuthError, _auth)
     app.add_exception_handler(redis.ConnectionError, _unavailable)
     app.add_exception_handler(redis.TimeoutError, _unavailable)
     app.add_exception_handler(BusError, _unavailable)
+    app.add_exception_handler(BrokerUnavailableError, _broker_unavailable)

@@ -17,17 +17,17 @@ Both yield batches of `RawEvent`; an empty batch is an idle tick (the writer may
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncGenerator
 
+import orjson
 import redis
 
 from api.hub import ClientQueue, Hub
 from api.options import RelayOptions
 from api.store import Store
-from events.models import RawEvent
+from events.wire import RawEvent
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,45 @@ class _Pager:
             self.count = max(_MIN_PAGE, min(_MAX_PAGE, self.page_bytes // avg))
 
 
-class ExecutionFeed:
+class _Feed:
+    """What both feeds hold: an inbox registered with the hub on one channel, and a pager."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        store: Store,
+        channel: str,
+        *,
+        options: RelayOptions,
+        queue_events: int,
+        seq_key: str | None = None,
+    ) -> None:
+        self._hub = hub
+        self._store = store
+        self._options = options
+        self._queue = ClientQueue(options.client_queue_bytes, queue_events)
+        self._pager = _Pager(options.history_page_bytes)
+        self._channel = channel
+        self._seq_key = seq_key
+        self._opened = False
+        self.last_id = 0
+        self.done = False
+        self.refills = 0
+        self.overflows = 0
+
+    async def open(self) -> None:
+        """Register with the hub (before any history read)."""
+        if not self._opened:
+            self._opened = True
+            await self._hub.subscribe(self._channel, self._queue, seq_key=self._seq_key)
+
+    def close(self) -> None:
+        if self._opened:
+            self._opened = False
+            self._hub.unsubscribe(self._channel, self._queue)
+
+
+class ExecutionFeed(_Feed):
     """Events of one execution with id > `after`, in order; ends after execution_complete."""
 
     def __init__(
@@ -62,33 +100,28 @@ class ExecutionFeed:
         queue_events: int = 1024,
         tick_s: float = 1.0,
     ) -> None:
-        self._hub = hub
-        self._store = store
+        super().__init__(
+            hub,
+            store,
+            store.keys.channel(execution_id),
+            options=options,
+            queue_events=queue_events,
+            seq_key=store.keys.seq(execution_id),
+        )
         self.execution_id = execution_id
         self.last_id = after
-        self.done = False
-        self._options = options
         self._tick_s = min(tick_s, options.idle_refill_s)
-        self._queue = ClientQueue(options.client_queue_bytes, queue_events)
-        self._pager = _Pager(options.history_page_bytes)
-        self._channel = store.keys.channel(execution_id)
-        self._opened = False
-        self.refills = 0
-        self.overflows = 0
 
-    async def open(self) -> None:
-        """Register with the hub (before any history read)."""
-        if not self._opened:
-            self._opened = True
-            seq_key = self._store.keys.seq(self.execution_id)
-            await self._hub.subscribe(self._channel, self._queue, seq_key=seq_key)
-
-    def close(self) -> None:
-        if self._opened:
-            self._opened = False
-            self._hub.unsubscribe(self._channel, self._queue)
+    @property
+    def behind_bytes(self) -> int:
+        return self._queue.behind_bytes
 
     def _take(self, ev: RawEvent) -> bool:
+        if ev.terminal and ev.id <= self.last_id:
+            # The execution ended at or before our resume point (`after` past its last id
+            # while it ran): nothing more will come, the stream ends with it.
+            self.done = True
+            return False
         if ev.id <= self.last_id or self.done:
             return False
         self.last_id = ev.id
@@ -129,16 +162,36 @@ class ExecutionFeed:
             and (state.complete_id <= self.last_id)
         )
 
+    async def _catch_up(self) -> AsyncGenerator[list[RawEvent], None]:
+        """The history after our last id, then whether the record says it ended there."""
+        async for page in self._refill():
+            yield page
+        if not self.done and await self._ended():
+            self.done = True
+
+    async def _deliver(self, events: list[RawEvent]) -> AsyncGenerator[list[RawEvent], None]:
+        """Live events in id order; an id jump reads the history in between first."""
+        out: list[RawEvent] = []
+        for ev in events:
+            if ev.id > self.last_id + 1 and not self.done:
+                if out:
+                    yield out
+                    out = []
+                async for page in self._refill():
+                    yield page
+            if self._take(ev):
+                out.append(ev)
+        if out:
+            yield out
+
     async def batches(self) -> AsyncGenerator[list[RawEvent], None]:
         await self.open()
         q, hub = self._queue, self._hub
         loop = asyncio.get_running_loop()
         try:
             generation = hub.generation
-            async for page in self._refill():
+            async for page in self._catch_up():
                 yield page
-            if not self.done and await self._ended():
-                self.done = True
             last_seen = loop.time()
             while not self.done:
                 if q.needs_history or hub.generation != generation:
@@ -147,48 +200,35 @@ class ExecutionFeed:
                     generation = hub.generation
                     async for page in self._refill():
                         yield page
-                    last_seen = loop.time()
-                    continue
-                if not await q.wait(self._tick_s):
+                elif await q.wait(self._tick_s):
+                    async for page in self._deliver(q.take()):
+                        yield page
+                else:
                     if loop.time() - last_seen >= self._options.idle_refill_s:
                         last_seen = loop.time()
-                        async for page in self._refill():
+                        async for page in self._catch_up():
                             yield page
-                        if not self.done and await self._ended():
-                            self.done = True
-                    yield []
+                    yield []  # an idle tick: the writer may ping
                     continue
                 last_seen = loop.time()
-                out: list[RawEvent] = []
-                for ev in q.take():
-                    if ev.id > self.last_id + 1 and not self.done:
-                        if out:
-                            yield out
-                            out = []
-                        async for page in self._refill():
-                            yield page
-                    if self._take(ev):
-                        out.append(ev)
-                if out:
-                    yield out
         finally:
             self.close()
 
 
 def execution_id_of(ev: RawEvent) -> str:
     """The envelope's executionId, read from its head when our publisher wrote it."""
-    marker = ',"executionId":"'
+    marker = b',"executionId":"'
     data = ev.data
     i = data.find(marker, 0, 256)
     if i > 0:
         start = i + len(marker)
-        end = data.find('"', start)
-        if end > start and "\\" not in data[start:end]:
-            return data[start:end]
-    return str(json.loads(data)["executionId"])
+        end = data.find(b'"', start)
+        if end > start and b"\\" not in data[start:end]:
+            return data[start:end].decode()
+    return str(orjson.loads(data)["executionId"])
 
 
-class AllFeed:
+class AllFeed(_Feed):
     """Live events of every execution, repaired per execution from history. Infinite."""
 
     def __init__(
@@ -201,32 +241,18 @@ class AllFeed:
         tick_s: float = 1.0,
         track_executions: int = 10_000,
     ) -> None:
-        self._hub = hub
-        self._store = store
-        self._options = options
+        channel = store.keys.channel_all()
+        super().__init__(hub, store, channel, options=options, queue_events=queue_events)
         self._tick_s = tick_s
-        self._queue = ClientQueue(options.client_queue_bytes, queue_events)
-        self._pager = _Pager(options.history_page_bytes)
-        self._channel = store.keys.channel_all()
-        self._opened = False
         self._track = track_executions
-        # execution id -> last id delivered, least recently active first
+        # execution id -> last id delivered, least recently active first; self.last_id is only
+        # for the writers' messages
         self._last: OrderedDict[str, int] = OrderedDict()
         self._ended: set[str] = set()
-        self.last_id = 0  # for the writers' messages; per execution ids live in _last
-        self.done = False
-        self.refills = 0
-        self.overflows = 0
 
-    async def open(self) -> None:
-        if not self._opened:
-            self._opened = True
-            await self._hub.subscribe(self._channel, self._queue)
-
-    def close(self) -> None:
-        if self._opened:
-            self._opened = False
-            self._hub.unsubscribe(self._channel, self._queue)
+    @property
+    def behind_bytes(self) -> int:
+        return self._queue.behind_bytes
 
     def _take(self, ex: str, ev: RawEvent) -> bool:
         prev = self._last.get(ex, 0)

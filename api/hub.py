@@ -21,40 +21,56 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections import deque
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 
+from api.options import RelayOptions
 from events.errors import EventDecodeError
-from events.models import RawEvent
 from events.settings import MIB
 from events.subscriber import as_is_async
+from events.wire import RawEvent
 
 log = logging.getLogger(__name__)
 
 _REDIS_ERRORS = (redis.RedisError, OSError)
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+# How long subscribe() waits for Redis to confirm a new channel before it returns anyway.
+CONFIRM_TIMEOUT_S = 2.0
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 
 
 class RelayEvent(RawEvent):
-    """A RawEvent that keeps its SSE form: formatted once, written to every client."""
+    """A RawEvent that keeps its client forms, made once and written to every client: the SSE
+    frame (bytes around the envelope's bytes) and, for WebSocket text frames, the text."""
 
-    __slots__ = ("_sse",)
+    __slots__ = ("_sse", "_text", "received_at")
 
-    def __init__(self, id: int, event: str, data: str) -> None:
+    def __init__(self, id: int, event: str, data: bytes) -> None:
         super().__init__(id, event, data)
         self._sse: bytes | None = None
+        self._text: str | None = None
+        # When the hub's pub/sub connection received it (time.monotonic()); None when it was read
+        # from the history. For the delivery latency metric.
+        self.received_at: float | None = None
 
     @property
     def sse(self) -> bytes:
         if self._sse is None:
             data = self.data
-            if "\n" in data or "\r" in data:  # never from our publisher, whose JSON escapes them
-                data = "\ndata: ".join(_LINE_BREAK.split(data))
-            self._sse = f"id: {self.id}\nevent: {self.event}\ndata: {data}\n\n".encode()
+            if b"\n" in data or b"\r" in data:  # never from our publisher (JSON escapes them)
+                data = b"\ndata: ".join(_LINE_BREAK.split(data))
+            self._sse = b"id: %d\nevent: %s\ndata: %s\n\n" % (self.id, self.event.encode(), data)
         return self._sse
+
+    @property
+    def text(self) -> str:
+        # ASGI takes a WebSocket text frame as str: decoded once here, for every client.
+        if self._text is None:
+            self._text = self.data.decode()
+        return self._text
 
 
 def _expire(waiter: asyncio.Future[bool]) -> None:
@@ -63,10 +79,15 @@ def _expire(waiter: asyncio.Future[bool]) -> None:
 
 
 class ClientQueue:
-    """One client's inbox of live events, bounded in bytes and in count."""
+    """One client's inbox of live events, bounded in bytes and in count.
+
+    Once it overflowed, its events are let go (the client reads the history from its last id
+    instead) and only their size is counted: `behind_bytes` is how far the client is behind
+    the live stream, what the stream writers hold against the per-stream bound."""
 
     __slots__ = (
         "_bytes",
+        "_dropped_bytes",
         "_items",
         "_waiter",
         "dropped",
@@ -79,6 +100,7 @@ class ClientQueue:
     def __init__(self, max_bytes: int = 1 * MIB, max_events: int = 1024) -> None:
         self._items: deque[RawEvent] = deque()
         self._bytes = 0
+        self._dropped_bytes = 0
         self._waiter: asyncio.Future[bool] | None = None
         self.max_bytes = max_bytes
         self.max_events = max_events
@@ -88,16 +110,20 @@ class ClientQueue:
 
     def put(self, ev: RawEvent) -> None:
         """Called by the hub; never blocks. Past the bound the event is dropped and flagged."""
+        size = len(ev.data)  # bytes
         if self.overflowed:
             # The client will read the history from its last id: later events are useless here.
             self.dropped += 1
+            self._dropped_bytes += size
             return
-        size = len(ev.data)
         if self._items and (
             self._bytes + size > self.max_bytes or len(self._items) >= self.max_events
         ):
             self.overflowed = True
             self.dropped += 1
+            self._dropped_bytes += self._bytes + size
+            self._items.clear()  # never delivered now: the history read replaces them
+            self._bytes = 0
         else:
             self._items.append(ev)
             self._bytes += size
@@ -114,6 +140,7 @@ class ClientQueue:
         self.take()
         self.overflowed = False
         self.lagging = False
+        self._dropped_bytes = 0
 
     def flag_lagging(self) -> None:
         self.lagging = True
@@ -134,6 +161,11 @@ class ClientQueue:
     @property
     def queued_bytes(self) -> int:
         return self._bytes
+
+    @property
+    def behind_bytes(self) -> int:
+        """Bytes of live events not yet taken: queued, or dropped since it overflowed."""
+        return self._bytes + self._dropped_bytes
 
     async def wait(self, timeout_s: float) -> bool:
         """Wait for an event, an overflow or a notification; False when the timeout came first.
@@ -157,23 +189,11 @@ class ClientQueue:
 class Hub:
     """Routes the messages of one pub/sub connection to the inboxes that registered for them."""
 
-    def __init__(
-        self,
-        client: aioredis.Redis,
-        *,
-        ping_interval_s: float = 5.0,
-        ping_timeout_s: float = 5.0,
-        reconnect_max_s: float = 2.0,
-        confirm_timeout_s: float = 2.0,
-        check_interval_s: float = 1.0,
-    ) -> None:
+    def __init__(self, client: aioredis.Redis, options: RelayOptions) -> None:
         # A client of its own: its pool holds only this connection.
         self._client = client
-        self._ping_interval_s = ping_interval_s
-        self._ping_timeout_s = ping_timeout_s
-        self._reconnect_max_s = reconnect_max_s
-        self._confirm_timeout_s = confirm_timeout_s
-        self._check_interval_s = check_interval_s
+        # Its pings, reconnects and lost-message checks: the hub_* and lost_message_check_s.
+        self._options = options
         self._routes: dict[bytes, set[ClientQueue]] = {}
         # Per execution channel: its sequence counter's key and the highest id it delivered.
         self._seq_keys: dict[bytes, str] = {}
@@ -222,7 +242,7 @@ class Hub:
         if fut is not None:
             # A lost confirmation costs little: id jumps and the lost-message check cover it.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._confirm_timeout_s):
+                async with asyncio.timeout(CONFIRM_TIMEOUT_S):
                     await asyncio.shield(fut)
 
     def unsubscribe(self, channel: str, queue: ClientQueue) -> None:
@@ -333,14 +353,14 @@ class Hub:
             self.reconnects += 1
             self._bump()
             await asyncio.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, self._reconnect_max_s)
+            backoff_s = min(backoff_s * 2, self._options.hub_reconnect_max_s)
 
     async def _pump(self, ps: Any) -> None:
         loop = asyncio.get_running_loop()
         last_ping = loop.time()
         ping_sent: float | None = None
         while True:
-            msg = await ps.get_message(timeout=min(1.0, self._ping_interval_s))
+            msg = await ps.get_message(timeout=min(1.0, self._options.hub_ping_interval_s))
             now = loop.time()
             if msg is not None:
                 kind = msg["type"]
@@ -350,9 +370,9 @@ class Hub:
                     self._confirm(msg["channel"])
                 elif kind == "pong":
                     ping_sent = None
-            if ping_sent is not None and now - ping_sent > self._ping_timeout_s:
+            if ping_sent is not None and now - ping_sent > self._options.hub_ping_timeout_s:
                 raise redis.ConnectionError("no answer to PING on the pub/sub connection")
-            if ping_sent is None and now - last_ping >= self._ping_interval_s:
+            if ping_sent is None and now - last_ping >= self._options.hub_ping_interval_s:
                 await ps.ping("cloudops-hub")
                 last_ping = ping_sent = now
 
@@ -365,6 +385,7 @@ class Hub:
         except (EventDecodeError, UnicodeDecodeError) as e:
             log.warning("hub: dropping a malformed message on %r: %s", channel, e)
             return
+        ev.received_at = time.monotonic()
         self.messages += 1
         if channel in self._seq_keys and ev.id > self._seen.get(channel, 0):
             self._seen[channel] = ev.id
@@ -374,7 +395,7 @@ class Hub:
     # -- lost messages ---------------------------------------------------------------------
     async def _check_loop(self) -> None:
         while True:
-            await asyncio.sleep(self._check_interval_s)
+            await asyncio.sleep(self._options.lost_message_check_s)
             try:
                 await self.check_lost()
             except _REDIS_ERRORS as e:

@@ -2,45 +2,48 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
-import redis
 import redis.asyncio as aioredis
 
 from api.auth import Authenticator
+from api.dispatch import Dispatcher, HealthCheck
+from api.drops import DropLedger
 from api.feed import AllFeed, ExecutionFeed
 from api.hub import Hub
+from api.limits import StreamSlots
+from api.metrics import RelayMetrics
 from api.options import RelayOptions
 from api.store import Store
+from events.clients import async_redis_for
+from events.db.playbooks import PlaybookStore
+from events.db.query import History
 from events.keys import Keys
 from events.settings import Settings
-from worker.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
 
-DROPPED_STAT = "clients_dropped"
 
+@dataclass(frozen=True)
+class RelayClients:
+    """The relay's Redis clients: one for reads (records, history, tickets), and one whose pool
+    holds only the hub's pub/sub connection (no read timeout: it waits for messages)."""
 
-def make_async_redis(
-    url: str, *, max_connections: int | None = None, **kwargs: Any
-) -> aioredis.Redis:
-    """Like `events.publisher.make_redis`: bounded connect and read times, never forever.
+    redis: aioredis.Redis
+    hub: aioredis.Redis
 
-    With `max_connections`, requests past it wait (up to 5 s) for a free connection instead of
-    failing: a thousand streams opening at once must not see "Too many connections".
-    """
-    opts: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
-    opts.update(kwargs)
-    if max_connections is None:
-        return aioredis.Redis.from_url(url, **opts)
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=5.0, **opts
-    )
-    return aioredis.Redis(connection_pool=pool)
+    @classmethod
+    def from_settings(cls, settings: Settings, options: RelayOptions) -> RelayClients:
+        """From CLOUDOPS_REDIS_URL, or through the sentinels to the current master."""
+        name = f"cloudops-relay-{uuid.uuid4().hex[:8]}"
+        return cls(
+            async_redis_for(settings, max_connections=options.redis_max_connections),
+            async_redis_for(
+                settings, socket_timeout=None, health_check_interval=0, client_name=name
+            ),
+        )
 
 
 @dataclass
@@ -52,25 +55,32 @@ class Relay:
     hub: Hub
     store: Store
     auth: Authenticator
+    slots: StreamSlots
     clients: dict[str, int] = field(default_factory=lambda: {"sse": 0, "ws": 0})
+    metrics: RelayMetrics = field(default_factory=RelayMetrics)
+    # Dependencies besides Redis that /healthz checks (the broker).
+    checks: tuple[HealthCheck, ...] = ()
+    # Saved playbooks (CONTRACT §10), in the history database; None: there is none.
+    playbooks: PlaybookStore | None = None
+    drops: DropLedger = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.drops = DropLedger(self.store)
 
     @classmethod
     async def start(
-        cls, settings: Settings, dispatcher: Dispatcher, redis_url: str, options: RelayOptions
+        cls,
+        settings: Settings,
+        dispatcher: Dispatcher,
+        options: RelayOptions,
+        clients: RelayClients | None = None,
+        history: History | None = None,
     ) -> Relay:
         keys = Keys(settings.key_prefix)
-        client = make_async_redis(redis_url, max_connections=options.redis_max_connections)
-        name = f"cloudops-relay-{uuid.uuid4().hex[:8]}"
-        hub_client = make_async_redis(
-            redis_url, socket_timeout=None, health_check_interval=0, client_name=name
-        )
-        hub = Hub(
-            hub_client,
-            ping_interval_s=options.hub_ping_interval_s,
-            ping_timeout_s=options.hub_ping_timeout_s,
-            reconnect_max_s=options.hub_reconnect_max_s,
-            check_interval_s=options.lost_message_check_s,
-        )
+        if clients is None:
+            clients = RelayClients.from_settings(settings, options)
+        client = clients.redis
+        hub = Hub(clients.hub, options)
         await hub.start()
         auth = Authenticator(settings.api_tokens, client, keys, settings.stream_ticket_ttl_s)
         if not auth.configured:
@@ -78,9 +88,12 @@ class Relay:
                 "CLOUDOPS_API_TOKENS is empty: the relay refuses every data route until a token"
                 " is configured"
             )
-        return cls(settings, options, dispatcher, client, hub, Store(client, keys), auth)
+        slots = StreamSlots.from_settings(settings)
+        store = Store(client, keys, history)
+        return cls(settings, options, dispatcher, client, hub, store, auth, slots)
 
     async def stop(self) -> None:
+        await self.drops.close()
         await self.hub.stop()
         await self.redis.aclose()
 
@@ -113,7 +126,7 @@ class Relay:
         # How often an idle stream wakes up: SSE pings go out within half an interval late.
         return max(0.05, min(5.0, self.settings.sse_ping_interval_s / 2))
 
-    async def note_dropped(self, kind: str, detail: str) -> None:
-        log.warning("closing a slow %s client: %s", kind, detail)
-        with contextlib.suppress(redis.RedisError, OSError):
-            await self.store.incr_stat(DROPPED_STAT)
+    async def note_dropped(self, kind: str, detail: str, reason: str = "stalled") -> None:
+        """A stream client closed by the relay: `reason` is stalled (its socket took nothing
+        for the stall limit), buffer (it left too many bytes waiting) or revoked (its token)."""
+        self.drops.note(kind, detail, reason)

@@ -2,30 +2,36 @@
 
 from __future__ import annotations
 
-import asyncio
+from functools import partial
 from typing import Annotated, Any, cast
 
-import redis
-from fastapi import APIRouter, Depends, Query, Response
+import orjson
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
-from api import metrics
+from api import health, metrics
+from api.auth import ALL, Role
 from api.relay import Relay
 from api.schemas import (
     CancelResponse,
     ErrorBody,
-    ExecutionList,
     Health,
     PlaybookRequest,
     SubmitRequest,
     SubmitResponse,
+    TicketRequest,
     TicketResponse,
+    WorkerHost,
 )
+from events.db.errors import NoDatabaseError
+from events.db.playbooks import PlaybookStore
+from events.db.query import DEFAULT_LIMIT, MAX_LIMIT
+from events.db.search import NEXT_CURSOR, SearchFilter, cursor_key
 from events.errors import UnknownExecutionError
-from events.models import Status
+from events.notifications import Attempt
 from events.records import ExecutionRecord
 
 bearer_scheme = HTTPBearer(
@@ -40,39 +46,76 @@ def get_relay(conn: HTTPConnection) -> Relay:
 RelayDep = Annotated[Relay, Depends(get_relay)]
 
 
+def store_of(relay: Relay) -> PlaybookStore:
+    """The saved playbooks; NoDatabaseError (a 503 naming the database) without one."""
+    if relay.playbooks is None:
+        raise NoDatabaseError()
+    return relay.playbooks
+
+
 async def require_token(
     relay: RelayDep,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-) -> None:
-    relay.auth.check_token(creds.credentials if creds is not None else None)
+) -> str:
+    """The request's token id (401 without a valid token)."""
+    return relay.auth.check_token(creds.credentials if creds is not None else None)
+
+
+TokenDep = Annotated[str, Depends(require_token)]
+
+
+def require_role(role: Role) -> Any:
+    """A dependency: the token id, or 403 naming `role` when the token lacks it (CONTRACT §9;
+    every token has every role until issue 16, see api.auth.Authenticator.has_role)."""
+
+    async def check(relay: RelayDep, tid: TokenDep) -> str:
+        if not relay.auth.has_role(tid, role):
+            raise HTTPException(403, f"this needs the {role} role")
+        return tid
+
+    return Depends(check)
 
 
 # Errors are JSON on every route, text and event-stream routes included.
 _ERROR_JSON = {"application/json": {"schema": ErrorBody.model_json_schema()}}
 
 
-def _error(description: str) -> dict[str, Any]:
+def error_doc(description: str) -> dict[str, Any]:
     return {"description": description, "content": _ERROR_JSON}
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    401: _error("missing or invalid token"),
-    422: _error("bad input; the detail names the field"),
+    401: error_doc("missing or invalid token"),
+    422: error_doc("bad input; the detail names the field"),
 }
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _error("unknown execution")}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: error_doc("unknown execution")}
 
 api = APIRouter(prefix="/api", dependencies=[Depends(require_token)], responses=ERRORS)
 
 
-@api.post("/executions", status_code=202, response_model=SubmitResponse)
+@api.post(
+    "/executions",
+    status_code=202,
+    response_model=SubmitResponse,
+    responses={503: error_doc("the broker, or for playbookName the database, is unavailable")},
+)
 async def submit_execution(body: SubmitRequest, relay: RelayDep, response: Response) -> Any:
     """Start a command (`aws_cli`, `script`) or a playbook; returns its execution id."""
     dispatcher = relay.dispatcher
     body.check()
-    if isinstance(body, PlaybookRequest):
+    if isinstance(body, PlaybookRequest) and body.playbook_name is not None:
+        saved = await run_in_threadpool(store_of(relay).for_run, body.playbook_name, body.version)
+        execution_id = await run_in_threadpool(
+            partial(dispatcher.submit_playbook, source=saved.source, saved=saved.ref),
+            saved.yaml,
+            body.param_strings(),
+        )
+    elif isinstance(body, PlaybookRequest):
         execution_id = await run_in_threadpool(
             dispatcher.submit_playbook, body.playbook, body.param_strings()
         )
+    elif (adhoc := body.as_playbook()) is not None:
+        execution_id = await run_in_threadpool(dispatcher.submit_playbook, adhoc)
     else:
         options = body.options.to_options() if body.options is not None else None
         execution_id = await run_in_threadpool(
@@ -82,15 +125,35 @@ async def submit_execution(body: SubmitRequest, relay: RelayDep, response: Respo
     return SubmitResponse(execution_id=execution_id)
 
 
-@api.get("/executions", response_model=ExecutionList, response_model_exclude_none=True)
+@api.get(
+    "/executions",
+    response_model=list[ExecutionRecord],
+    response_model_exclude_none=True,
+    responses={200: {"headers": {NEXT_CURSOR: {"description": "the next page's `cursor`"}}}},
+)
 async def list_executions(
     relay: RelayDep,
-    status: Status | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-) -> Any:
-    """Recent executions, newest first."""
-    records = await relay.store.recent(status=None if status is None else status.value, limit=limit)
-    return ExecutionList(executions=records)
+    request: Request,
+    status: str | None = None,
+    command_type: Annotated[str | None, Query(alias="commandType")] = None,
+    q: Annotated[
+        str | None, Query(max_length=500, description="substring of the command or playbook")
+    ] = None,
+    host: Annotated[str | None, Query(max_length=500)] = None,
+    submitted_by: Annotated[str | None, Query(alias="submittedBy", max_length=500)] = None,
+    since: Annotated[str | None, Query(description="RFC 3339, queued at or after")] = None,
+    until: Annotated[str | None, Query(description="RFC 3339, queued before")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+) -> Response:
+    """Executions newest first, filtered (CONTRACT §8); running ones included. When more
+    match, the `X-Next-Cursor` header holds the `cursor` of the next page."""
+    # The filters are declared above for their checks (length) and the schema; SearchFilter
+    # reads them from the query string, by the names it writes them under for `ls --remote`.
+    filt = SearchFilter.from_query(request.query_params)
+    records, next_cursor = await relay.store.search(filt, limit, cursor_key(cursor), cursor)
+    headers = {NEXT_CURSOR: next_cursor} if next_cursor else {}
+    return Response(orjson.dumps(records), media_type="application/json", headers=headers)
 
 
 @api.get(
@@ -111,31 +174,79 @@ async def get_execution(execution_id: str, relay: RelayDep) -> Any:
     response_class=PlainTextResponse,
     responses={**NOT_FOUND, 200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
-async def get_output(execution_id: str, relay: RelayDep) -> Response:
-    """The output so far: every execution_output chunk, in order, as plain text."""
+async def get_output(
+    execution_id: str,
+    relay: RelayDep,
+    host: Annotated[str | None, Query(description="only this host's output")] = None,
+    step: Annotated[str | None, Query(description="only this step's output (its id)")] = None,
+) -> Response:
+    """The output so far: every execution_output chunk, in order, as plain text; with `host`
+    and `step`, only the chunks of that host (of a fan-out step) and that step."""
     if await relay.store.stream_state(execution_id) is None:
         raise UnknownExecutionError(execution_id)
     return StreamingResponse(
-        relay.store.output(execution_id), media_type="text/plain; charset=utf-8"
+        relay.store.output(execution_id, host=host, step=step),
+        media_type="text/plain; charset=utf-8",
     )
+
+
+@api.get(
+    "/executions/{execution_id}/notifications",
+    response_model=list[Attempt],
+    responses=NOT_FOUND,
+)
+async def get_notifications(execution_id: str, relay: RelayDep) -> Any:
+    """Each attempt at delivering the execution's webhook notifications (CONTRACT §10), oldest
+    first; the webhooks' query strings are masked."""
+    if await relay.store.record(execution_id) is None:
+        raise UnknownExecutionError(execution_id)
+    return [a.wire() for a in await relay.store.notifications(execution_id)]
 
 
 @api.post(
     "/executions/{execution_id}/cancel",
     status_code=202,
     response_model=CancelResponse,
-    responses={**NOT_FOUND, 409: _error("already ended")},
+    responses={**NOT_FOUND, 409: error_doc("already ended")},
 )
 async def cancel_execution(execution_id: str, relay: RelayDep) -> Any:
     await run_in_threadpool(relay.dispatcher.cancel, execution_id)
     return CancelResponse(execution_id=execution_id)
 
 
-@api.post("/stream-tickets", status_code=201, response_model=TicketResponse)
-async def create_stream_ticket(relay: RelayDep) -> Any:
-    """A short-lived ticket for `?ticket=` on the SSE and WebSocket routes (browsers'
-    EventSource and WebSocket cannot send an Authorization header)."""
-    ticket = await relay.auth.issue_ticket()
+@api.get("/workers", response_model=list[WorkerHost])
+async def list_workers(relay: RelayDep) -> Response:
+    """Every worker seen within a day, sorted by hostname; `online` while it was seen within
+    10 s (CONTRACT §7)."""
+    return Response(orjson.dumps(await relay.store.hosts()), media_type="application/json")
+
+
+@api.post(
+    "/stream-tickets",
+    status_code=201,
+    response_model=TicketResponse,
+    responses={**NOT_FOUND, 403: error_doc("this token may not stream every execution")},
+)
+async def create_stream_ticket(
+    body: TicketRequest,
+    relay: RelayDep,
+    response: Response,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> Any:
+    """A short-lived, single-use ticket for `?ticket=` on the SSE and WebSocket routes (browsers'
+    EventSource and WebSocket cannot send an Authorization header), bound to one execution, or
+    to every execution with `"*"`."""
+    tid = relay.auth.check_token(creds.credentials if creds is not None else None)
+    scope = body.execution_id
+    if scope == ALL:
+        if not relay.auth.may_stream_all(tid):
+            raise HTTPException(403, "this token may not stream every execution")
+    elif await relay.store.stream_state(scope) is None:
+        raise UnknownExecutionError(scope)
+    ticket = await relay.auth.issue_ticket(tid, scope)
+    # A ticket is a credential: no cache, no proxy may keep it.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
     return TicketResponse(ticket=ticket, expires_in_s=relay.auth.ticket_ttl_s)
 
 
@@ -150,16 +261,16 @@ ops = APIRouter()
 )
 async def get_metrics(relay: RelayDep) -> Response:
     """Prometheus text format."""
-    return PlainTextResponse(await metrics.render(relay), media_type=metrics.CONTENT_TYPE)
+    return Response(await relay.metrics.render(relay), media_type=metrics.CONTENT_TYPE)
 
 
 @ops.get("/healthz", response_model=Health, response_model_exclude_none=True)
 async def healthz(relay: RelayDep) -> Any:
-    """Liveness: answers 200 when Redis answers, 503 otherwise. No token, no data."""
-    try:
-        async with asyncio.timeout(2.0):
-            await relay.store.ping()
-    except (redis.RedisError, OSError, TimeoutError):
-        body = Health(status="unavailable", detail="Redis does not answer")
+    """Liveness: 200 when Redis and the broker answer, 503 naming each that does not. No
+    token, no data."""
+    down = await health.unavailable(relay.store, relay.checks)
+    if down:
+        detail = "; ".join(f"{name} does not answer" for name in down)
+        body = Health(status="unavailable", detail=detail, unavailable=down)
         return JSONResponse(body.model_dump(exclude_none=True), status_code=503)
     return Health(status="ok")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
+from events.db.playbooks import MAX_VERSION
 from events.errors import InvalidRequestError
-from events.models import ExecutionOptions
-from events.records import ExecutionRecord
+from events.models import MAX_TIMEOUT_S, ExecutionOptions
+from events.requests import command_playbook
 
 _CAMEL = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
@@ -18,7 +19,9 @@ class OptionsIn(BaseModel):
     model_config = _CAMEL
 
     working_dir: str | None = None
-    timeout: Annotated[int, Field(strict=True, gt=0, description="seconds")] | None = None
+    timeout: (
+        Annotated[int, Field(strict=True, gt=0, le=MAX_TIMEOUT_S, description="seconds")] | None
+    ) = None
     aws_profile: str | None = None
     aws_region: str | None = None
 
@@ -32,6 +35,22 @@ PlaybookBody = Annotated[
         {"anyOf": [{"type": "string"}, {"type": "object"}], "description": "YAML text or object"}
     ),
 ]
+
+
+class TargetsIn(BaseModel):
+    """Run the command on many hosts (CONTRACT §7): exactly one of the three, checked with
+    the playbook it runs as (events.requests.command_playbook)."""
+
+    model_config = _CAMEL
+
+    queue: str | None = None
+    hosts: list[str] | None = None
+    labels: dict[str, str] | None = None
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
 ParamsBody = Annotated[
     Any,
     WithJsonSchema(
@@ -62,11 +81,21 @@ class _CommandRequest(BaseModel):
     command_type: Literal["aws_cli", "script"]
     command: Annotated[str, Field(pattern=r"\S", description="not blank")]
     options: OptionsIn | None = None
+    targets: TargetsIn | None = None
 
     def check(self) -> None:
         check_text(self.command, "command")
         if self.options is not None:
             check_text(self.options.model_dump(by_alias=True), "options")
+        if self.targets is not None:
+            check_text(self.targets.wire(), "targets")
+
+    def as_playbook(self) -> dict[str, Any] | None:
+        """With `targets`, the one-step playbook the command runs as (CONTRACT §7)."""
+        if self.targets is None:
+            return None
+        options = self.options.model_dump(by_alias=True) if self.options is not None else {}
+        return command_playbook(self.command, options, self.targets.wire())
 
 
 # One model per commandType: OpenAPI's discriminator mapping is then one to one (schemathesis,
@@ -84,17 +113,30 @@ class ScriptRequest(_CommandRequest):
 
 
 class PlaybookRequest(BaseModel):
-    """Run a playbook given as YAML text or as an object, with its params."""
+    """Run a playbook given as YAML text or as an object, or a saved one by `playbookName`
+    (its latest version, or `version`; `commandType` may then be left out), with its params."""
 
     model_config = _CAMEL
 
-    command_type: Literal["playbook"]
-    playbook: PlaybookBody
+    command_type: Literal["playbook"] = "playbook"
+    playbook: PlaybookBody = None
+    playbook_name: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    version: (
+        Annotated[int, Field(strict=True, ge=1, le=MAX_VERSION, description="of playbookName")]
+        | None
+    ) = None
     params: ParamsBody = None
 
     def check(self) -> None:
         """What the JSON types cannot say; raises InvalidRequestError naming the field."""
-        if not isinstance(self.playbook, str | dict):
+        if self.playbook_name is not None:
+            if self.playbook is not None:
+                raise InvalidRequestError("playbookName", "give either playbook or playbookName")
+        elif self.version is not None:
+            raise InvalidRequestError("version", "is for a saved playbook (playbookName)")
+        elif self.playbook is None:
+            raise InvalidRequestError("playbook", "is required")
+        elif not isinstance(self.playbook, str | dict):
             raise InvalidRequestError("playbook", "must be YAML text or an object")
         check_text(self.playbook, "playbook")
         check_text(self.params, "params")
@@ -111,8 +153,21 @@ class PlaybookRequest(BaseModel):
         return out
 
 
+def _submit_kind(body: Any) -> Any:
+    """The submit body's commandType; a body naming a saved playbook may leave it out."""
+    if isinstance(body, dict):
+        kind = body.get("commandType", body.get("command_type"))
+        if kind is None and ("playbookName" in body or "playbook_name" in body):
+            return "playbook"
+        return kind
+    return getattr(body, "command_type", None)
+
+
 SubmitRequest = Annotated[
-    AwsCliRequest | ScriptRequest | PlaybookRequest, Field(discriminator="command_type")
+    Annotated[AwsCliRequest, Tag("aws_cli")]
+    | Annotated[ScriptRequest, Tag("script")]
+    | Annotated[PlaybookRequest, Tag("playbook")],
+    Discriminator(_submit_kind),
 ]
 COMMAND_TYPES = ("aws_cli", "script", "playbook")
 
@@ -130,8 +185,14 @@ class CancelResponse(BaseModel):
     cancel_requested: bool = True
 
 
-class ExecutionList(BaseModel):
-    executions: list[ExecutionRecord]
+class TicketRequest(BaseModel):
+    """What a stream ticket opens: one execution's stream, or every execution's with "*"."""
+
+    model_config = _CAMEL
+
+    execution_id: Annotated[
+        str, Field(min_length=1, max_length=200, description='an execution id, or "*"')
+    ]
 
 
 class TicketResponse(BaseModel):
@@ -141,10 +202,72 @@ class TicketResponse(BaseModel):
     expires_in_s: int
 
 
+class WorkerHost(BaseModel):
+    """A host of `GET /api/workers` (CONTRACT §7), as events.hosts lists it."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    hostname: str = Field(description="the worker's Celery hostname (`--hostname`)")
+    queues: list[str]
+    labels: dict[str, str]
+    online: bool = Field(description="seen within the last 10 s and not shut down")
+    last_seen: str = Field(json_schema_extra={"format": "date-time"})
+    running: int = Field(description="executions it runs now")
+    concurrency: int = Field(description="pool processes; 0: no bound (embedded mode)")
+    version: str
+
+
+class ProblemBody(BaseModel):
+    """One problem of a request refused for several (a bad playbook): where and what."""
+
+    loc: list[str | int]
+    msg: str
+
+
 class ErrorBody(BaseModel):
-    detail: str
+    # Inlined: the error responses' schema is written into each route, where a `$defs`
+    # reference would point nowhere.
+    detail: Annotated[
+        str | list[ProblemBody],
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string"},
+                    {"type": "array", "items": ProblemBody.model_json_schema()},
+                ]
+            }
+        ),
+    ]
 
 
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     detail: str | None = None
+    # What does not answer: "Redis", "broker (RabbitMQ)", ...
+    unavailable: list[str] | None = None
+
+
+class PlaybookSummary(BaseModel):
+    """A saved playbook of `GET /api/playbooks`: its latest version."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    name: str
+    version: int
+    updated_at: str = Field(json_schema_extra={"format": "date-time"})
+
+
+class PlaybookVersion(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    version: int
+    created_at: str = Field(json_schema_extra={"format": "date-time"})
+    created_by: str | None = Field(None, description="the saving token's name")
+
+
+class SavedPlaybookBody(PlaybookVersion):
+    """One version of a saved playbook (the latest, or `?version=`), and every version."""
+
+    name: str
+    yaml: str
+    versions: list[PlaybookVersion]

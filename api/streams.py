@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import redis
-from fastapi import APIRouter, Depends, Header, Query, Request, Response, WebSocket
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
 
-from api.auth import AuthError
+from api.auth import ALL, AuthError, Grant
+from api.limits import TooManyStreams, client_address
 from api.routes import ERRORS, NOT_FOUND, RelayDep, bearer_scheme, get_relay
 from api.sse import EventStreamResponse
 from api.ws import WsSession
@@ -22,7 +23,17 @@ TicketQuery = Annotated[
 async def require_stream_auth(
     request: Request, relay: RelayDep, ticket: TicketQuery = None
 ) -> None:
-    await relay.auth.check_stream(request.headers.get("authorization"), ticket)
+    request.state.grant = await relay.auth.check_stream(
+        request.headers.get("authorization"), ticket
+    )
+
+
+def _grant(request: Request, target: str) -> Grant:
+    grant: Grant = request.state.grant
+    if not grant.allows(target):
+        which = "every execution" if target == ALL else target
+        raise HTTPException(403, f"this stream ticket is for {grant.scope}, not for {which}")
+    return grant
 
 
 SSE_DOC: dict[int | str, dict[str, Any]] = {
@@ -64,10 +75,12 @@ def _resume_point(last_event_id: str | None, after: int | None) -> int:
 async def execution_events(
     execution_id: str,
     relay: RelayDep,
+    request: Request,
     after: Annotated[int | None, Query(ge=0, description="resume after this id")] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> Response:
     """History after the resume point, then live; ends after execution_complete."""
+    grant = _grant(request, execution_id)
     start = _resume_point(last_event_id, after)
     state = await relay.store.stream_state(execution_id)
     if state is None:
@@ -75,13 +88,15 @@ async def execution_events(
     if state.complete_id is not None and start >= state.complete_id:
         # 204 tells EventSource not to reconnect: there is nothing more to come.
         return Response(status_code=204)
-    return EventStreamResponse(relay, relay.execution_feed(execution_id, start))
+    feed = relay.execution_feed(execution_id, start)
+    return EventStreamResponse(relay, feed, grant, client_address(request.scope))
 
 
 @streams.get("/events", status_code=200, response_class=EventStreamResponse, responses=SSE_DOC)
-async def all_events(relay: RelayDep) -> Response:
+async def all_events(relay: RelayDep, request: Request) -> Response:
     """Every event of every execution, live (no replay)."""
-    return EventStreamResponse(relay, relay.all_feed())
+    grant = _grant(request, ALL)
+    return EventStreamResponse(relay, relay.all_feed(), grant, client_address(request.scope))
 
 
 ws_router = APIRouter()
@@ -94,15 +109,19 @@ async def websocket_stream(
     """Auth by `Authorization` header, `?token=` or `?ticket=`, checked before the accept."""
     relay = get_relay(websocket)
     try:
-        await relay.auth.check_stream(websocket.headers.get("authorization"), ticket, token)
+        grant = await relay.auth.check_stream(websocket.headers.get("authorization"), ticket, token)
     except AuthError as e:
         await _deny(websocket, 401, e.detail)
         return
     except (redis.RedisError, OSError):
         await _deny(websocket, 503, "the event store (Redis) is unavailable; retry later")
         return
-    await websocket.accept()
-    await WsSession(websocket, relay).run()
+    try:
+        with relay.slots.hold(grant.token_id, client_address(websocket.scope)):
+            await websocket.accept()
+            await WsSession(websocket, relay, grant).run()
+    except TooManyStreams as e:
+        await _deny(websocket, 429, e.detail)
 
 
 async def _deny(websocket: WebSocket, status: int, detail: str) -> None:
@@ -111,4 +130,5 @@ async def _deny(websocket: WebSocket, status: int, detail: str) -> None:
         response = JSONResponse({"detail": detail}, status_code=status, headers=headers)
         await websocket.send_denial_response(response)
     else:
-        await websocket.close(code=1008 if status == 401 else 1011, reason=detail[:120])
+        code = {401: 1008, 429: 1013}.get(status, 1011)
+        await websocket.close(code=code, reason=detail[:120])

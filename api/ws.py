@@ -8,8 +8,10 @@ Client messages (JSON text):
 Server messages: envelopes (the JSON text as published), and control messages that have no
 "event" key: {"subscribed": id, "after": N}, {"unsubscribed": id},
 {"error": "...", "field": "subscribe" | "after" | null, "target": id (when known)}.
-A socket that takes nothing for `stall_limit_s` is closed with code 1013 and a reason naming
-the id to resume after.
+A socket that takes nothing for `stall_limit_s`, or leaves more than `stream_buffer_bytes`
+waiting (api/stream_guard.py), is closed with code 1013 and a reason naming the id to resume
+after. A socket opened with a ticket subscribes only to what the ticket allows; every socket
+closes with 1008 once the token it was opened with is no longer valid.
 """
 
 from __future__ import annotations
@@ -22,18 +24,28 @@ from typing import Any
 import redis
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from api.auth import ALL, Grant
 from api.feed import AllFeed, ExecutionFeed
+from api.limits import limit_send_buffer, transport_of
 from api.relay import Relay
+from api.sse import observe_delivery
+from api.stream_guard import Reason, StreamGuard
 
+CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
 _SEND_ERRORS = (WebSocketDisconnect, RuntimeError, OSError)
 
 
 class _SlowClient(Exception):
-    def __init__(self, target: str, last_sent: int) -> None:
-        super().__init__(target, last_sent)
+    def __init__(self, reason: Reason, target: str, last_sent: int) -> None:
+        super().__init__(reason, target, last_sent)
+        self.reason = reason
         self.target = target
         self.last_sent = last_sent
+
+
+class _Revoked(Exception):
+    """The token the socket was opened with is no longer valid."""
 
 
 class _BadMessage(Exception):
@@ -53,14 +65,18 @@ def _is_text(s: str) -> bool:
 
 
 class WsSession:
-    def __init__(self, ws: WebSocket, relay: Relay) -> None:
+    def __init__(self, ws: WebSocket, relay: Relay, grant: Grant) -> None:
         self.ws = ws
         self.relay = relay
+        self.grant = grant
         self._subs: dict[str, asyncio.Task[None]] = {}
+        self._feeds: dict[str, ExecutionFeed | AllFeed] = {}
+        transport = transport_of(ws.scope)
+        limit_send_buffer(transport, relay.settings.stream_socket_buffer_bytes)
+        self._guard = StreamGuard(relay, transport, self._feeds.values)
         self._lock = asyncio.Lock()
         self._tg: asyncio.TaskGroup | None = None
-        # The send in progress (one at a time, under _lock): since when, for what, after what.
-        self._sending_since: float | None = None
+        # The send in progress (one at a time, under _lock): for what, after what.
         self._sending: tuple[str, int] = ("*", 0)
 
     async def run(self) -> None:
@@ -69,43 +85,48 @@ class WsSession:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 watch = tg.create_task(self._watch_stall())
+                revoked = tg.create_task(self._watch_token())
                 await self._receive_loop()
-                for task in [watch, *self._subs.values()]:
+                for task in [watch, revoked, *self._subs.values()]:
                     task.cancel()
         except* _SlowClient as group:
             slow = group.exceptions[0]
             assert isinstance(slow, _SlowClient)
             await self._close_slow(slow)
+        except* _Revoked:
+            await self.relay.note_dropped("WebSocket", "token no longer valid", "revoked")
+            await self._close(CLOSE_POLICY_VIOLATION, "the token of this stream is no longer valid")
         finally:
             self.relay.clients["ws"] -= 1
 
     async def _watch_stall(self) -> None:
-        """Raises _SlowClient when one send has waited `stall_limit_s` (see sse.py)."""
-        loop = asyncio.get_running_loop()
-        stall_s = self.relay.options.stall_limit_s
-        check_s = max(0.1, min(5.0, stall_s / 4))
-        while True:
-            await asyncio.sleep(check_s)
-            since = self._sending_since
-            if since is not None and loop.time() - since >= stall_s:
-                raise _SlowClient(*self._sending)
+        """Raises _SlowClient when the guard says the client is too slow."""
+        reason = await self._guard.watch()
+        raise _SlowClient(reason, *self._sending)
+
+    async def _watch_token(self) -> None:
+        settings = self.relay.settings
+        await self.relay.auth.until_revoked(self.grant.token_id, settings.stream_auth_recheck_s)
+        raise _Revoked
 
     async def _send(self, text: str, target: str, last_sent: int) -> None:
         """One message; the caller holds _lock. uvicorn's send waits while the socket's
-        buffer is full, and _watch_stall times that."""
+        buffer is full, and the guard times that."""
         self._sending = (target, last_sent)
-        self._sending_since = asyncio.get_running_loop().time()
-        try:
+        with self._guard.sending(len(text)):
             await self.ws.send_text(text)
-        finally:
-            self._sending_since = None
 
     async def _close_slow(self, slow: _SlowClient) -> None:
-        await self.relay.note_dropped("WebSocket", f"{slow.target} after id {slow.last_sent}")
+        await self.relay.note_dropped(
+            "WebSocket", f"{slow.target} after id {slow.last_sent}", slow.reason
+        )
         reason = f"too slow: resubscribe {slow.target[:48]} with after={slow.last_sent}"
+        await self._close(CLOSE_TRY_AGAIN_LATER, reason)
+
+    async def _close(self, code: int, reason: str) -> None:
         with contextlib.suppress(TimeoutError, *_SEND_ERRORS):
             async with asyncio.timeout(1.0):
-                await self.ws.close(CLOSE_TRY_AGAIN_LATER, reason)
+                await self.ws.close(code, reason)
 
     async def _receive_loop(self) -> None:
         while True:
@@ -155,6 +176,10 @@ class WsSession:
             after = 0
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise _BadMessage("must be a non-negative integer", "after", target)
+        if not self.grant.allows(target):
+            which = "every execution" if target == ALL else target
+            message = f"this stream ticket is for {self.grant.scope}, not for {which}"
+            raise _BadMessage(message, "subscribe", target)
         if target not in self._subs and len(self._subs) >= self.relay.options.max_ws_subscriptions:
             raise _BadMessage("too many subscriptions on this socket", "subscribe", target)
         feed: ExecutionFeed | AllFeed
@@ -183,11 +208,14 @@ class WsSession:
         assert self._tg is not None
         task = self._tg.create_task(self._pump(target, feed))
         self._subs[target] = task
-        task.add_done_callback(lambda t: self._forget(target, t))
+        self._feeds[target] = feed
+        task.add_done_callback(lambda t: self._forget(target, t, feed))
 
-    def _forget(self, target: str, task: asyncio.Task[None]) -> None:
+    def _forget(self, target: str, task: asyncio.Task[None], feed: ExecutionFeed | AllFeed) -> None:
         if self._subs.get(target) is task:
             del self._subs[target]
+        if self._feeds.get(target) is feed:
+            del self._feeds[target]
 
     async def _pump(self, target: str, feed: ExecutionFeed | AllFeed) -> None:
         last_sent = feed.last_id
@@ -198,8 +226,9 @@ class WsSession:
                         continue
                     async with self._lock:
                         for ev in batch:
-                            await self._send(ev.data, target, last_sent)
+                            await self._send(ev.text, target, last_sent)
                             last_sent = ev.id
+                    observe_delivery(self.relay.metrics, batch[0])
         except _SEND_ERRORS:
             return  # the socket is gone; the receive loop ends the session
         finally:

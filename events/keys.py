@@ -33,6 +33,29 @@ class Keys:
         when it expires while the record says running, the worker is declared lost."""
         return f"{self.prefix}:ex:{{{execution_id}}}:lease"
 
+    def notifications(self, execution_id: str) -> str:
+        """List of the execution's webhook delivery attempts (JSON each, oldest first;
+        events.notifications). Set to expire `history_ttl_s` after each attempt: the execution
+        has ended, so that is about when its history expires too."""
+        return f"{self.prefix}:ex:{{{execution_id}}}:notifications"
+
+    def notify_claim(self, execution_id: str) -> str:
+        """String set NX by the first notification task of an execution: however often its end
+        is finished (a reaper racing the worker), its webhooks are notified once. Expires with
+        the attempts."""
+        return f"{self.prefix}:ex:{{{execution_id}}}:notify"
+
+    def fan_out(self, execution_id: str, step_number: int) -> str:
+        """Hash: a fan-out step's hosts, which started, how each ended (events/lua/fan_out.lua).
+        Expires with the history (`history_ttl_s`): nothing reads it once the step is over,
+        but the record's step entry."""
+        return f"{self.prefix}:ex:{{{execution_id}}}:fan:{step_number}"
+
+    def host_lease(self, execution_id: str, step_number: int, host: str) -> str:
+        """String with a short TTL (`lease_ttl_s`) renewed while `host` runs its share of a
+        fan-out step; when it expires before the host ended, the host is `lost`."""
+        return f"{self.prefix}:ex:{{{execution_id}}}:fan:{step_number}:lease:{host}"
+
     # -- global
     def index(self) -> str:
         """Sorted set of execution ids scored by queued time (ms); trimmed to the history TTL."""
@@ -58,6 +81,24 @@ class Keys:
         slot. No expiry: a freed slot pops the head, and a cancelled run is removed when it is
         cancelled (or skipped when popped), so the list drains with the runs it holds."""
         return f"{self.prefix}:waiting:{name}"
+
+    def prune_turn(self, day: str) -> str:
+        """String set NX by the relay that prunes the history database on `day` (YYYY-MM-DD,
+        UTC): one relay a day, whatever their number. Expires after two days, when no relay
+        can still be asking for that day."""
+        return f"{self.prefix}:prune:{day}"
+
+    def host(self, hostname: str) -> str:
+        """String: a worker's registry entry as JSON (events/hosts.py), rewritten by its main
+        process every `host_refresh_interval_s`. Expires a day after the last write: an offline
+        host stays listed that long (CONTRACT §7), then goes by itself."""
+        return f"{self.prefix}:host:{hostname}"
+
+    def hosts(self) -> str:
+        """Sorted set of worker hostnames scored by when each was last seen (ms): what readers
+        list. Each write drops the hostnames not seen for a day, and the set expires a day
+        after the last write of any worker."""
+        return f"{self.prefix}:hosts"
 
     def stat(self, name: str) -> str:
         """Counter for metrics (events published, clients dropped); no expiry."""

@@ -1,4 +1,5 @@
-"""The six events of the spec and their wire envelope, as immutable pydantic models.
+"""The six events of the spec, the two of fan-out steps (CONTRACT §7), and their envelope,
+as immutable pydantic models.
 
 Python uses snake_case; the wire uses camelCase (`by_alias`). Optional fields with no value are
 left out of the wire form. Extra fields are allowed on the wire (CONTRACT §1): ours are marked
@@ -7,10 +8,7 @@ left out of the wire form. Extra fields are allowed on the wire (CONTRACT §1): 
 
 from __future__ import annotations
 
-import contextlib
-import json
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -46,32 +44,18 @@ Timestamp = Annotated[
 ]
 
 
-class Status(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    TIMEOUT = "timeout"
-    CANCELLED = "cancelled"
-
-    @property
-    def terminal(self) -> bool:
-        return self not in (Status.QUEUED, Status.RUNNING)
-
-
-TERMINAL_STATUSES = frozenset(s.value for s in Status if s.terminal)
-
-CommandType = Literal["aws_cli", "script", "playbook"]
+# The wire models spell these out as literals (the generated JSON Schemas and TypeScript list
+# the values inline); tests/test_models.py checks each against its enum in events.vocabulary.
+CommandTypeName = Literal["aws_cli", "script", "playbook"]
 StreamName = Literal["stdout", "stderr"]
 CompleteStatus = Literal["completed", "failed", "timeout", "cancelled"]
+HostStatusName = Literal["completed", "failed", "timeout", "cancelled", "skipped", "lost"]
 
 
 class WireModel(BaseModel):
+    # camelCase on the wire, immutable, and extra fields kept (CONTRACT §1 allows them).
     model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        frozen=True,
-        extra="allow",
+        alias_generator=to_camel, populate_by_name=True, frozen=True, extra="allow"
     )
 
     def wire(self) -> dict[str, Any]:
@@ -90,9 +74,13 @@ def extra(description: str) -> Any:
     return Field(default=None, description=EXTRA_PREFIX + description)
 
 
+# The longest timeout an execution or a step may ask for (a week): one bound for every way in.
+MAX_TIMEOUT_S = 7 * 24 * 3600
+
+
 class ExecutionOptions(WireModel):
     working_dir: str | None = None
-    timeout: Annotated[int, Field(ge=1)] | None = None
+    timeout: Annotated[int, Field(ge=1, le=MAX_TIMEOUT_S)] | None = None
     aws_profile: str | None = None
     aws_region: str | None = None
 
@@ -100,7 +88,7 @@ class ExecutionOptions(WireModel):
 class ExecutionStartedPayload(WireModel):
     execution_id: str
     command: str
-    command_type: CommandType
+    command_type: CommandTypeName
     started_at: Timestamp
     options: ExecutionOptions
     worker: str | None = extra("the host of the worker that runs it")
@@ -112,6 +100,7 @@ class ExecutionOutputPayload(WireModel):
     stream: StreamName
     timestamp: Timestamp
     step_id: str | None = extra("the playbook step that wrote this output")
+    host: str | None = extra("the host that wrote this output (a step that runs on many hosts)")
     truncated: bool | None = extra(
         "true on the chunk that hit the output cap; no output of this execution follows it"
     )
@@ -148,6 +137,9 @@ class PlaybookStepStartPayload(WireModel):
     command: str
     attempt: int | None = extra("1 for the first run of the step, 2, 3, ... for its retries")
     worker: str | None = extra("the host of the worker that ran it")
+    hosts: list[str] | None = extra(
+        "a step that runs on many hosts: the hosts it runs on, resolved when it started"
+    )
 
 
 class PlaybookStepCompletePayload(WireModel):
@@ -162,6 +154,33 @@ class PlaybookStepCompletePayload(WireModel):
     continue_on_error: bool
     attempts: int | None = extra("how many times the step ran (retries included)")
     worker: str | None = extra("the host of the worker that ran it")
+    host_counts: dict[HostStatusName, int] | None = extra(
+        "a step that ran on many hosts: how many hosts ended in each status"
+    )
+
+
+class PlaybookHostStartPayload(WireModel):
+    """One host of a step that runs on many hosts starts it (CONTRACT §7)."""
+
+    execution_id: str
+    step_id: str
+    step_number: Annotated[int, Field(ge=1)]
+    host: str
+    attempt: Annotated[int, Field(ge=1)]
+
+
+class PlaybookHostCompletePayload(WireModel):
+    """One host of a step that runs on many hosts ended it (CONTRACT §7)."""
+
+    execution_id: str
+    step_id: str
+    step_number: Annotated[int, Field(ge=1)]
+    host: str
+    status: HostStatusName
+    success: bool
+    exit_code: int | None = None
+    duration_ms: Annotated[int, Field(ge=0)]
+    error: str | None = None
 
 
 Payload = (
@@ -171,9 +190,13 @@ Payload = (
     | ExecutionCancelledPayload
     | PlaybookStepStartPayload
     | PlaybookStepCompletePayload
+    | PlaybookHostStartPayload
+    | PlaybookHostCompletePayload
 )
 
-EVENT_TYPES: dict[str, type[WireModel]] = {
+# The six events of the spec, and the two of fan-out steps (CONTRACT §1, §7), which a client
+# written to the spec ignores.
+SPEC_EVENT_TYPES: dict[str, type[WireModel]] = {
     "execution_started": ExecutionStartedPayload,
     "execution_output": ExecutionOutputPayload,
     "execution_complete": ExecutionCompletePayload,
@@ -181,15 +204,22 @@ EVENT_TYPES: dict[str, type[WireModel]] = {
     "playbook_step_start": PlaybookStepStartPayload,
     "playbook_step_complete": PlaybookStepCompletePayload,
 }
+FLEET_EVENT_TYPES: dict[str, type[WireModel]] = {
+    "playbook_host_start": PlaybookHostStartPayload,
+    "playbook_host_complete": PlaybookHostCompletePayload,
+}
+EVENT_TYPES: dict[str, type[WireModel]] = SPEC_EVENT_TYPES | FLEET_EVENT_TYPES
 EVENT_NAMES: dict[type[WireModel], str] = {v: k for k, v in EVENT_TYPES.items()}
-EventName = Literal[
-    "execution_started",
-    "execution_output",
-    "execution_complete",
-    "execution_cancelled",
-    "playbook_step_start",
-    "playbook_step_complete",
-]
+
+
+def _known_event(name: str) -> str:
+    if name not in EVENT_TYPES:
+        raise ValueError(f"unknown event name: {name!r}")
+    return name
+
+
+# One of the names EVENT_TYPES lists: the eight are written there only.
+EventName = Annotated[str, AfterValidator(_known_event)]
 
 
 def event_name(payload: WireModel) -> str:
@@ -209,36 +239,11 @@ class Envelope(BaseModel):
     def wire(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
-    def to_json(self) -> str:
-        return json.dumps(self.wire(), separators=(",", ":"), ensure_ascii=False)
-
-
-def payload_json(payload: WireModel) -> str:
-    """The payload's wire JSON. Output chunks (up to 64 KiB of text, every line's newline to
-    escape) go through orjson at twice pydantic's speed; the result is the same text."""
-    if isinstance(payload, ExecutionOutputPayload):
-        with contextlib.suppress(orjson.JSONEncodeError):
-            data: bytes = orjson.dumps(payload.model_dump(by_alias=True, exclude_none=True))
-            return data.decode()
-    return payload.model_dump_json(by_alias=True, exclude_none=True)
-
-
-def encode_parts(event: str, execution_id: str, payload: WireModel) -> tuple[str, str]:
-    """The envelope's JSON split around its `id`, which the publisher fills in Redis.
-
-    Key order is fixed (`event`, `id`, `executionId`, `payload`) so that readers can take the
-    event name and id from the first bytes without parsing a 64 KiB payload.
-    """
-    body = payload_json(payload)
-    head = '{"event":' + json.dumps(event) + ',"id":'
-    tail = ',"executionId":' + json.dumps(execution_id) + ',"payload":' + body + "}"
-    return head, tail
-
 
 def decode(data: str | bytes | dict[str, Any]) -> Envelope:
     """Decode one wire envelope; raise EventDecodeError on anything else."""
     try:
-        raw = json.loads(data) if isinstance(data, str | bytes) else data
+        raw = orjson.loads(data) if isinstance(data, str | bytes) else data
         if not isinstance(raw, dict):
             raise EventDecodeError("envelope must be a JSON object")
         name = raw.get("event")
@@ -249,52 +254,8 @@ def decode(data: str | bytes | dict[str, Any]) -> Envelope:
         env = Envelope.model_validate({**raw, "payload": payload})
     except EventDecodeError:
         raise
-    except (ValueError, TypeError, ValidationError) as e:
+    except (ValueError, TypeError, ValidationError, orjson.JSONDecodeError) as e:
         raise EventDecodeError(f"bad envelope: {e}") from e
     if env.execution_id != getattr(payload, "execution_id", None):
         raise EventDecodeError("envelope executionId differs from payload executionId")
     return env
-
-
-_HEAD_PREFIX = '{"event":"'
-
-
-class RawEvent:
-    """An envelope as it travels: its id and name read from the head, the JSON left as is.
-
-    The relay and the CLI pass envelopes through without parsing the payload; `decode()` does
-    the full check when a consumer needs the fields.
-    """
-
-    __slots__ = ("data", "event", "id")
-
-    def __init__(self, id: int, event: str, data: str) -> None:
-        self.id = id
-        self.event = event
-        self.data = data
-
-    @classmethod
-    def from_json(cls, data: str | bytes) -> RawEvent:
-        text = data.decode() if isinstance(data, bytes) else data
-        # Our publisher writes `{"event":"<name>","id":<n>,...`; anything else is parsed fully.
-        if text.startswith(_HEAD_PREFIX):
-            end = text.find('"', len(_HEAD_PREFIX))
-            id_start = end + 7  # len('","id":') == 7
-            id_end = text.find(",", id_start)
-            if end > 0 and text[end:id_start] == '","id":' and id_end > id_start:
-                try:
-                    return cls(int(text[id_start:id_end]), text[len(_HEAD_PREFIX) : end], text)
-                except ValueError:
-                    pass
-        env = decode(text)
-        return cls(env.id, env.event, text)
-
-    @property
-    def terminal(self) -> bool:
-        return self.event == "execution_complete"
-
-    def decode(self) -> Envelope:
-        return decode(self.data)
-
-    def __repr__(self) -> str:
-        return f"RawEvent(id={self.id}, event={self.event!r})"

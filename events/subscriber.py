@@ -14,13 +14,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import KW_ONLY, InitVar, dataclass, field
 from typing import Any
 
-import orjson
 import redis
 
 from events.keys import Keys
-from events.models import RawEvent
+from events.wire import RawEvent
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,13 @@ def read_history(
     entries: Any = client.xrange(
         keys.history(execution_id), min=f"{after + 1}-0", max="+", count=count
     )
-    return [_entry_event(entry_id, fields) for entry_id, fields in entries]
+    return [entry_event(entry_id, fields) for entry_id, fields in entries]
 
 
-def _entry_event(entry_id: bytes | str, fields: dict[Any, Any]) -> RawEvent:
+def entry_event(entry_id: bytes | str, fields: dict[Any, Any]) -> RawEvent:
+    """The event of one history entry (id `<seq>-0`, field `e`)."""
     raw_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    data: str | bytes = fields.get(b"e") or fields["e"]
+    data: bytes = fields[b"e"] if b"e" in fields else fields["e"].encode()
     ev = RawEvent.from_json(data)
     ev.id = int(raw_id.split("-", 1)[0])
     return ev
@@ -66,10 +67,10 @@ def output_tail(client: redis.Redis, keys: Keys, execution_id: str, limit_chars:
     while size < limit_chars:
         entries: Any = client.xrevrange(keys.history(execution_id), max=upper, count=_PAGE)
         for entry_id, fields in entries:
-            ev = _entry_event(entry_id, fields)
+            ev = entry_event(entry_id, fields)
             upper = f"({ev.id}-0"
             if ev.event == "execution_output":
-                text: str = orjson.loads(ev.data)["payload"]["output"]
+                text = str(ev.payload()["output"])
                 parts.append(text)
                 size += len(text)
                 if size >= limit_chars:
@@ -91,32 +92,29 @@ def iter_history(
         after = page[-1].id
 
 
+@dataclass(eq=False, repr=False)
 class Follower:
     """Iterate one execution's events after `after`; ends after `execution_complete`.
 
     `stop()` (from another thread) or `idle_timeout_s` end it early.
     """
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        keys: Keys,
-        execution_id: str,
-        after: int = 0,
-        *,
-        poll_interval_s: float = 0.5,
-        idle_timeout_s: float | None = None,
-    ) -> None:
-        self._redis = client
-        self._keys = keys
-        self.execution_id = execution_id
+    client: redis.Redis
+    keys: Keys
+    execution_id: str
+    after: InitVar[int] = 0
+    _: KW_ONLY
+    poll_interval_s: float = 0.5
+    idle_timeout_s: float | None = None
+    last_id: int = field(init=False)
+    # History reads (on each subscribe and on a gap in the ids), and connections to Redis lost.
+    refills: int = field(default=0, init=False)
+    reconnects: int = field(default=0, init=False)
+    _stopped: bool = field(default=False, init=False)
+    _done: bool = field(default=False, init=False)
+
+    def __post_init__(self, after: int) -> None:
         self.last_id = after
-        self.poll_interval_s = poll_interval_s
-        self.idle_timeout_s = idle_timeout_s
-        self.refills = 0
-        self.reconnects = 0
-        self._stopped = False
-        self._done = False
 
     def stop(self) -> None:
         self._stopped = True
@@ -133,21 +131,21 @@ class Follower:
     def _refill(self) -> Iterator[RawEvent]:
         # History is the truth: if Redis lost entries (restart without persistence) we take
         # what it holds after our last id rather than wait for ids that will never come.
-        for ev in iter_history(self._redis, self._keys, self.execution_id, self.last_id):
+        for ev in iter_history(self.client, self.keys, self.execution_id, self.last_id):
             if self._take(ev):
                 yield ev
                 if self._done:
                     return
 
     def __iter__(self) -> Iterator[RawEvent]:
-        channel = self._keys.channel(self.execution_id)
+        channel = self.keys.channel(self.execution_id)
         last_seen = time.monotonic()
         pubsub: redis.client.PubSub | None = None
         try:
             while not self._done and not self._stopped:
                 try:
                     if pubsub is None:
-                        pubsub = self._redis.pubsub(  # type: ignore[no-untyped-call]
+                        pubsub = self.client.pubsub(  # type: ignore[no-untyped-call]
                             ignore_subscribe_messages=True, push_handler_func=as_is
                         )
                         pubsub.subscribe(channel)
@@ -193,23 +191,3 @@ class Follower:
 def _close_quietly(pubsub: redis.client.PubSub) -> None:
     with contextlib.suppress(redis.RedisError, OSError):
         pubsub.close()
-
-
-def follow_all(
-    client: redis.Redis, keys: Keys, *, poll_interval_s: float = 1.0
-) -> Iterator[RawEvent]:
-    """Live events of every execution (no replay); reconnects by itself. Infinite."""
-    while True:
-        pubsub = client.pubsub(  # type: ignore[no-untyped-call]
-            ignore_subscribe_messages=True, push_handler_func=as_is
-        )
-        try:
-            pubsub.subscribe(keys.channel_all())
-            while True:
-                msg = pubsub.get_message(timeout=poll_interval_s)
-                if msg is not None and msg.get("type") == "message":
-                    yield RawEvent.from_json(msg["data"])
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
-            time.sleep(0.1)
-        finally:
-            _close_quietly(pubsub)

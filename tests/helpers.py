@@ -10,13 +10,18 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import httpx
 import redis
+
+if TYPE_CHECKING:
+    from events.lifecycle import Reporter
 
 T = TypeVar("T")
 
@@ -37,6 +42,20 @@ def wait_until(
         time.sleep(interval_s)
 
 
+def wait_task_disposed(
+    worker: ManagedProcess, task_name: str, task_id: str, timeout_s: float = 20.0
+) -> None:
+    """A worker received a task and refused it: revoked, or our claim said it was cancelled."""
+    wait_until(
+        lambda: (
+            f"revoked task: {task_name}[{task_id}]" in worker.log()
+            or f"[{task_id}] succeeded" in worker.log()
+        ),
+        timeout_s,
+        what=f"{worker.name} to dispose of {task_id}",
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -45,13 +64,47 @@ def free_port() -> int:
 
 def cloudops_argv(*args: str) -> list[str]:
     """Run the `cloudops` CLI of this checkout with the test's interpreter."""
-    return [sys.executable, "-c", "from api.cli import main; main()", *args]
+    return [sys.executable, "-c", "from cli.main import main; main()", *args]
+
+
+def run_cloudops(
+    *args: str, env: dict[str, str], timeout_s: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`cloudops ARGS` run to its end in this checkout, its output captured as text."""
+    return subprocess.run(
+        cloudops_argv(*args), env=env, capture_output=True, text=True, timeout=timeout_s, cwd=REPO
+    )
+
+
+def http_status(url: str, timeout_s: float = 1.0) -> int | None:
+    """The status `GET url` answers with; None while nothing answers (not up yet, gone)."""
+    try:
+        return httpx.get(url, timeout=timeout_s).status_code
+    except httpx.HTTPError:
+        return None
 
 
 def venv_path_env(env: dict[str, str]) -> dict[str, str]:
     """PATH with this interpreter's bin first, so `aws` and `cloudops` resolve."""
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", os.defpath)
+    return env
+
+
+def connection_env(settings: Any) -> dict[str, str]:
+    """The CLOUDOPS_* variables that point a process at the settings' Redis (directly or
+    through its sentinels) and broker, on its key prefix."""
+    env = {"CLOUDOPS_KEY_PREFIX": settings.key_prefix}
+    if settings.redis_url:
+        env["CLOUDOPS_REDIS_URL"] = settings.redis_url
+    if settings.redis_sentinels:
+        env["CLOUDOPS_REDIS_SENTINELS"] = ",".join(settings.redis_sentinels)
+        env["CLOUDOPS_REDIS_SENTINEL_MASTER"] = settings.redis_sentinel_master
+    if settings.redis_min_replicas:
+        env["CLOUDOPS_REDIS_MIN_REPLICAS"] = str(settings.redis_min_replicas)
+    if settings.broker_url:
+        env["CLOUDOPS_BROKER_URL"] = settings.broker_url
+    assert "CLOUDOPS_REDIS_URL" in env or settings.redis_sentinels, "no Redis in the settings"
     return env
 
 
@@ -145,10 +198,93 @@ def payloads(events: Iterable[Any], name: str | None = None) -> list[dict[str, A
     return out
 
 
+def assert_one_output_per_step(events: list[Any], *, steps: int) -> None:
+    """A playbook whose every step printed once: started, per step its start, one output and
+    its complete, then complete; ids 1..n; every envelope valid against the models."""
+    from events.models import decode
+
+    assert [e.event for e in events] == [
+        "execution_started",
+        *(["playbook_step_start", "execution_output", "playbook_step_complete"] * steps),
+        "execution_complete",
+    ]
+    assert [e.id for e in events] == list(range(1, 3 * steps + 3))
+    for e in events:
+        decode(e.data)
+
+
 def output_of(events: Iterable[Any], stream: str | None = None) -> str:
     return "".join(
         p["output"] for p in payloads(events, "execution_output") if stream in (None, p["stream"])
     )
+
+
+class ThreadFollower:
+    """A Follower run in a thread, keeping what it yields; started at once."""
+
+    def __init__(self, follower: Any, *, on_close: Callable[[], None] | None = None) -> None:
+        self.follower = follower
+        self.events: list[Any] = []
+        self.error: BaseException | None = None
+        self._on_close = on_close
+        name = f"follow-{follower.execution_id}"
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for ev in self.follower:
+                self.events.append(ev)
+        except BaseException as e:  # reported by join()
+            self.error = e
+
+    def join(self, timeout_s: float = 30.0, *, must_end: bool = False) -> list[Any]:
+        """What it got; stopped after `timeout_s` (an AssertionError with `must_end`)."""
+        self.thread.join(timeout_s)
+        if self.thread.is_alive():
+            self.follower.stop()
+            self.thread.join(5.0)
+            if must_end:
+                raise AssertionError(
+                    f"follower did not end within {timeout_s} s; last id {self.follower.last_id}"
+                )
+        if self.error is not None:
+            raise AssertionError(f"follower of {self.follower.execution_id} failed") from self.error
+        return self.events
+
+    def close(self) -> None:
+        self.follower.stop()
+        self.thread.join(5.0)
+        if self._on_close is not None:
+            self._on_close()
+
+
+def worker_env(settings: Any, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a `cloudops worker` on these settings: this one's, without its
+    CLOUDOPS_ variables, with the settings' Redis (or sentinels) and broker."""
+    env = {
+        k: v for k, v in venv_path_env(dict(os.environ)).items() if not k.startswith("CLOUDOPS_")
+    }
+    env.update(connection_env(settings))
+    env.update(
+        {
+            "CLOUDOPS_KEY_PREFIX": settings.key_prefix,
+            "CLOUDOPS_KILL_GRACE_S": str(settings.kill_grace_s),
+            "CLOUDOPS_LEASE_TTL_S": str(settings.lease_ttl_s),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra or {})
+    return env
+
+
+def embedded_env() -> dict[str, str]:
+    """This environment without any CLOUDOPS_ variable: `cloudops` runs embedded."""
+    env = venv_path_env(dict(os.environ))
+    for name in list(env):
+        if name.startswith("CLOUDOPS_"):
+            del env[name]
+    return env
 
 
 class PrivateRedis:
@@ -214,3 +350,54 @@ class PrivateRedis:
 
     def log(self) -> str:
         return self.proc.log() if self.proc else ""
+
+
+from cli.wiring import fleet  # noqa: E402
+from worker.dispatcher import Dispatcher  # noqa: E402
+
+
+class CeleryDispatcher(Dispatcher):
+    """The fleet's dispatcher as the tests build it: Celery tasks, records in the test's
+    Redis (cli.wiring.fleet)."""
+
+    def __init__(self, settings: Any) -> None:
+        parts = fleet(settings)
+        super().__init__(parts.runtime, parts.dispatcher.tasks)
+
+    @property
+    def app(self) -> Any:
+        return self.tasks.app  # type: ignore[attr-defined]
+
+
+def publish_passing_step(
+    reporter: Reporter,
+    number: int,
+    total: int,
+    step: tuple[str, str, str],
+    lines: Iterable[str],
+    duration_ms: int,
+) -> None:
+    """A playbook step (id, name, command) that prints `lines` on stdout and succeeds at its
+    first attempt, as a worker reports it."""
+    step_id, step_name, command = step
+    reporter.step_start(
+        step_id=step_id,
+        step_number=number,
+        total_steps=total,
+        step_name=step_name,
+        command=command,
+        attempt=1,
+    )
+    for line in lines:
+        reporter.output("stdout", line)
+    reporter.step_complete(
+        step_id=step_id,
+        step_number=number,
+        step_name=step_name,
+        success=True,
+        exit_code=0,
+        duration_ms=duration_ms,
+        error=None,
+        continue_on_error=False,
+        attempts=1,
+    )

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import redis
 
+from events.clients import make_redis
 from events.keys import Keys
 from events.models import (
     ExecutionCancelledPayload,
@@ -26,16 +27,16 @@ from events.models import (
     ExecutionOutputPayload,
     ExecutionStartedPayload,
     PlaybookStepStartPayload,
-    RawEvent,
     WireModel,
-    encode_parts,
     utc_now,
 )
-from events.publisher import Publisher, make_redis
-from events.records import RecordStore
+from events.publisher import Publisher
+from events.record_store import RecordStore
 from events.settings import Settings
 from events.subscriber import Follower, output_tail, read_history
-from tests.helpers import PrivateRedis, wait_until
+from events.vocabulary import CommandType
+from events.wire import RawEvent, encode_parts
+from tests.helpers import PrivateRedis, ThreadFollower, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +50,7 @@ def started(ex: str) -> ExecutionStartedPayload:
     return ExecutionStartedPayload(
         execution_id=ex,
         command="seq 1000",
-        command_type="script",
+        command_type=CommandType.SCRIPT,
         started_at=T0,
         options=ExecutionOptions(),
     )
@@ -141,45 +142,12 @@ def new_publisher(
         p.close(timeout_s=5.0)
 
 
-class Collector:
-    """Runs a Follower in a thread and keeps what it yields."""
-
-    def __init__(self, follower: Follower) -> None:
-        self.follower = follower
-        self.events: list[RawEvent] = []
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            for ev in self.follower:
-                self.events.append(ev)
-        except BaseException as e:  # reported by join()
-            self.error = e
-
-    def start(self) -> Collector:
-        self._thread.start()
-        return self
-
-    def join(self, timeout_s: float = 30.0) -> list[RawEvent]:
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            self.follower.stop()
-            self._thread.join(5.0)
-            raise AssertionError(
-                f"follower did not end within {timeout_s} s; last id {self.follower.last_id}"
-            )
-        if self.error is not None:
-            raise self.error
-        return self.events
-
-
 @pytest.fixture
-def collectors() -> Iterator[Callable[[Follower], Collector]]:
-    made: list[Collector] = []
+def collectors() -> Iterator[Callable[[Follower], ThreadFollower]]:
+    made: list[ThreadFollower] = []
 
-    def make(follower: Follower) -> Collector:
-        c = Collector(follower).start()
+    def make(follower: Follower) -> ThreadFollower:
+        c = ThreadFollower(follower)
         made.append(c)
         return c
 
@@ -283,7 +251,7 @@ def test_late_subscriber_gets_all_1000_once_in_order(
     rclient: redis.Redis,
     new_client: Callable[[str], redis.Redis],
     new_publisher: Callable[..., Publisher],
-    collectors: Callable[[Follower], Collector],
+    collectors: Callable[[Follower], ThreadFollower],
 ) -> None:
     ex = "ex_late"
     pub = new_publisher(settings)
@@ -301,7 +269,7 @@ def test_late_subscriber_gets_all_1000_once_in_order(
     for i in range(500, 999):
         pub.publish(out(ex, f"{i}\n"))
     pub.publish(complete(ex))
-    events = col.join(30.0)
+    events = col.join(30.0, must_end=True)
 
     assert len(events) == 1000
     assert_contiguous(events)
@@ -344,7 +312,7 @@ def test_follower_survives_its_pubsub_connection_being_killed(
     keys: Keys,
     rclient: redis.Redis,
     new_publisher: Callable[..., Publisher],
-    collectors: Callable[[Follower], Collector],
+    collectors: Callable[[Follower], ThreadFollower],
 ) -> None:
     ex = "ex_kill"
     name = f"{settings.key_prefix}-follower"
@@ -382,7 +350,7 @@ def test_follower_survives_its_pubsub_connection_being_killed(
         if producer.is_alive():
             kills.append(_kill(rclient, name))
         producer.join(60.0)
-        events = col.join(30.0)
+        events = col.join(30.0, must_end=True)
     finally:
         follower_client.close()
 
@@ -437,7 +405,7 @@ def test_redis_restart_loses_nothing_published_after_it_or_buffered_before(
     key_prefix: str,
     new_client: Callable[[str], redis.Redis],
     new_publisher: Callable[..., Publisher],
-    collectors: Callable[[Follower], Collector],
+    collectors: Callable[[Follower], ThreadFollower],
 ) -> None:
     ex = "ex_restart"
     settings = Settings(redis_url=private_redis.url, key_prefix=key_prefix)
@@ -471,12 +439,12 @@ def test_redis_restart_loses_nothing_published_after_it_or_buffered_before(
 
     late = collectors(Follower(new_client(private_redis.url), keys, ex, poll_interval_s=0.2))
     expected = [f"down {i}\n" for i in range(200)] + [f"after {i}\n" for i in range(200)]
-    after_restart = late.join(30.0)
+    after_restart = late.join(30.0, must_end=True)
     # Redis came back empty (no persistence): ids continue from 100, they do not restart at 1.
     assert_contiguous(after_restart, first=101)
     assert outputs(after_restart) == expected
     assert after_restart[-1].terminal
-    across = early.join(30.0)
+    across = early.join(30.0, must_end=True)
     assert_contiguous(across)
     assert outputs(across) == [f"before {i}\n" for i in range(99)] + expected
     assert across[-1].terminal
@@ -554,7 +522,7 @@ def test_exactly_one_execution_complete_and_record_fields(
 ) -> None:
     ex = "ex_once"
     store = RecordStore(rclient, keys, settings)
-    store.create(ex, command="true", command_type="script", options={}, queued_at=T0)
+    store.create(ex, command="true", command_type=CommandType.SCRIPT, options={}, queued_at=T0)
     assert store.get(ex) is not None and store.get(ex).status == "queued"  # type: ignore[union-attr]
     pub = new_publisher(settings)
     other_host = new_publisher(settings)
@@ -719,15 +687,14 @@ def test_direct_batches_overtaken_every_time_fall_back_to_the_script(
     ex = "ex_overtaken"
     tries: list[int] = []
 
-    class Overtaken(Publisher):
-        def _direct_commands(self, batch: Any, execs: Any, raw: Any) -> Any:
-            tries.append(len(batch))
-            seq = rclient.get(keys.seq(ex)) or b"0"
-            rclient.set(keys.seq(ex), seq)  # same value: still a write, so EXEC fails
-            return super()._direct_commands(batch, execs, raw)
+    def overtake() -> None:
+        tries.append(1)
+        seq = rclient.get(keys.seq(ex)) or b"0"
+        rclient.set(keys.seq(ex), seq)  # same value: still a write, so EXEC fails
 
     client = make_redis(settings.redis_url or "")
-    pub = Overtaken(client, keys, settings)
+    pub = Publisher(client, keys, settings)
+    pub.sender.before_exec = overtake
     pub.direct_min_bytes = 0
     try:
         pub.publish(started(ex))
@@ -759,3 +726,35 @@ def test_output_tail_reads_the_last_characters_back_over_pages(
     assert output_tail(rclient, keys, ex, 50) == everything[-50:]
     assert output_tail(rclient, keys, ex, 10**9) == everything
     assert output_tail(rclient, keys, "ex_none", 100) == ""
+
+
+def test_output_idle_until_redis_confirms_every_event_of_the_execution(
+    private_redis: PrivateRedis,
+    key_prefix: str,
+    new_publisher: Callable[..., Publisher],
+) -> None:
+    """The coalescer's "nothing in flight" (issue 19): false from publish() until Redis
+    answered, per execution, and while Redis is down; true again once all went through."""
+    ex, other = "ex_idle", "ex_idle_other"
+    settings = Settings(redis_url=private_redis.url, key_prefix=key_prefix)
+    pub = new_publisher(settings)
+    assert pub.output_idle(ex)
+    pub.publish(started(ex))
+    pub.publish(started(other))
+    assert pub.flush(10.0)
+    assert pub.output_idle(ex) and pub.output_idle(other)
+
+    private_redis.kill()
+    pub.publish(out(ex, "while down\n"))
+    assert not pub.output_idle(ex)
+    assert pub.output_idle(other), "another execution's events are not this one's"
+    wait_until(lambda: not pub.connected, 10.0, what="the publisher to notice Redis is gone")
+    assert not pub.output_idle(ex)
+
+    private_redis.start()
+    wait_until(lambda: pub.output_idle(ex), 30.0, what="the buffered chunk to be confirmed")
+    pub.publish(out(ex, "again\n"), wait=True)
+    assert pub.output_idle(ex)
+    pub.publish(out(ex, "then\n"))
+    pub.forget(ex)
+    assert pub.output_idle(ex)

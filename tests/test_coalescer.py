@@ -20,8 +20,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from events.coalescer import OutputCoalescer, Stream, split_utf8, utf8_len
+from events.coalescer import OutputCoalescer, Stream, split_utf8
 from events.masking import MASK, Masker
+from events.wire import utf8_len
 
 PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 EPS_S = 1e-9
@@ -42,6 +43,9 @@ clock_step = st.one_of(
     st.sampled_from([0.0, 0.001, 0.0199, 0.02, 0.0201, 0.05]),
     st.floats(min_value=0.0, max_value=0.06, allow_nan=False),
 )
+
+# The publisher's "nothing in flight" at each step (cycled; empty: never idle).
+idles = st.lists(st.booleans(), max_size=6)
 
 
 @dataclass(frozen=True)
@@ -117,10 +121,13 @@ def drive(
     max_chunk_bytes: int = 65536,
     flush_interval_ms: int = 20,
     masker: Masker | None = None,
+    idle: Sequence[bool] = (),
 ) -> Run:
     """Feed the ops as the executor does: whenever the clock passes `deadline()`, flush at the
-    deadline; at the end, `close()`."""
+    deadline; at the end, `close()`. `idle`: the publisher's "nothing in flight" before each op
+    in turn (cycled; none: never idle, the fixed window)."""
     run = Run()
+    idles = itertools.cycle(idle or (False,))
 
     def emit(stream: Stream, text: str) -> None:
         run.chunks.append(Chunk(stream, text, run.clock_s))
@@ -129,15 +136,17 @@ def drive(
         emit, flush_interval_ms=flush_interval_ms, max_chunk_bytes=max_chunk_bytes, masker=masker
     )
     for op in ops:
+        is_idle = next(idles)
         if isinstance(op, Flush):
-            c.flush()
+            c.flush(run.clock_s)
             continue
         now = run.clock_s + op.dt_s
-        deadline = c.deadline()
+        deadline = c.deadline(is_idle)
         if deadline is not None and deadline <= now:
-            assert c.due(deadline) and not c.due(deadline - 0.001)
-            run.clock_s = deadline
-            c.flush()
+            assert c.due(deadline, is_idle) and not c.due(deadline - 0.001, is_idle)
+            # Past already when the publisher became idle since: flushed now, as the executor.
+            run.clock_s = max(run.clock_s, deadline)
+            c.flush(run.clock_s)
             assert c.deadline() is None
         run.clock_s = now
         c.feed(op.stream, op.data, now)
@@ -207,26 +216,26 @@ def test_incremental_decoding_equals_one_shot(data: bytes, cuts: list[int]) -> N
 
 
 @PROPS
-@given(scenario=scenarios(), max_chunk_bytes=max_chunk)
+@given(scenario=scenarios(), max_chunk_bytes=max_chunk, idle=idles)
 def test_streams_come_out_decoded_whole_in_bounded_chunks(
-    scenario: tuple[bytes, bytes, list[Op]], max_chunk_bytes: int
+    scenario: tuple[bytes, bytes, list[Op]], max_chunk_bytes: int, idle: list[bool]
 ) -> None:
     out, err, ops = scenario
-    run = drive(ops, max_chunk_bytes=max_chunk_bytes)
+    run = drive(ops, max_chunk_bytes=max_chunk_bytes, idle=idle)
     assert per_stream(run.chunks, "stdout") == out.decode("utf-8", errors="replace")
     assert per_stream(run.chunks, "stderr") == err.decode("utf-8", errors="replace")
     check_chunk_shape(run, max_chunk_bytes)
 
 
 @PROPS
-@given(scenario=scenarios(), max_chunk_bytes=max_chunk)
+@given(scenario=scenarios(), max_chunk_bytes=max_chunk, idle=idles)
 def test_stdout_stderr_order_and_latency(
-    scenario: tuple[bytes, bytes, list[Op]], max_chunk_bytes: int
+    scenario: tuple[bytes, bytes, list[Op]], max_chunk_bytes: int, idle: list[bool]
 ) -> None:
     """Text comes out in the order it became available across both streams, never before and
     never more than the flush interval after it became available."""
     _, _, ops = scenario
-    run = drive(ops, max_chunk_bytes=max_chunk_bytes)
+    run = drive(ops, max_chunk_bytes=max_chunk_bytes, idle=idle)
     ref = available(ops)
     assert merged(run.chunks) == merged(ref)
     for (s1, ch1, emitted_s), (s2, ch2, avail_s) in zip(chars(run.chunks), chars(ref), strict=True):
@@ -245,13 +254,14 @@ def test_stdout_stderr_order_and_latency(
         max_size=30,
     ),
     max_chunk_bytes=max_chunk,
+    idle=idles,
 )
 def test_ascii_reads_keep_their_interleaving(
-    feeds: list[tuple[Stream, str, float]], max_chunk_bytes: int
+    feeds: list[tuple[Stream, str, float]], max_chunk_bytes: int, idle: list[bool]
 ) -> None:
     """With whole characters in every read, the output order is exactly the read order."""
     ops = [Feed(s, t.encode(), dt) for s, t, dt in feeds]
-    run = drive(ops, max_chunk_bytes=max_chunk_bytes)
+    run = drive(ops, max_chunk_bytes=max_chunk_bytes, idle=idle)
     assert merged(run.chunks) == merged(Chunk(s, t, 0.0) for s, t, _ in feeds)
 
 
@@ -387,7 +397,7 @@ def secret_scenarios(draw: st.DrawFn) -> tuple[list[str], bytes, str, bytes, str
 
 
 @PROPS
-@given(scenario=secret_scenarios(), max_chunk_bytes=max_chunk)
+@given(scenario=secret_scenarios(), max_chunk_bytes=max_chunk, idle=idles)
 @example(
     scenario=(
         ["QW", "QWX"],
@@ -398,20 +408,87 @@ def secret_scenarios(draw: st.DrawFn) -> tuple[list[str], bytes, str, bytes, str
         [Feed("stdout", b"aQW", 0), Flush(), Feed("stdout", b"Xb", 0.05)],
     ),
     max_chunk_bytes=65536,
+    idle=[],
 )
 def test_secrets_are_masked_even_when_split_across_reads(
-    scenario: tuple[list[str], bytes, str, bytes, str, list[Op]], max_chunk_bytes: int
+    scenario: tuple[list[str], bytes, str, bytes, str, list[Op]],
+    max_chunk_bytes: int,
+    idle: list[bool],
 ) -> None:
     secrets, _, out_masked, _, err_masked, ops = scenario
-    run = drive(ops, max_chunk_bytes=max_chunk_bytes, masker=Masker(secrets))
-    assert per_stream(run.chunks, "stdout") == out_masked
-    assert per_stream(run.chunks, "stderr") == err_masked
+    run = drive(ops, max_chunk_bytes=max_chunk_bytes, masker=Masker(secrets), idle=idle)
+    if not crosses_streams(ops, secrets):
+        assert per_stream(run.chunks, "stdout") == out_masked
+        assert per_stream(run.chunks, "stderr") == err_masked
+    # else a secret made of both streams' text, in write order, was masked first: the
+    # per-stream text differs, and nothing secret is left anywhere (below).
+    for stream in STREAMS:
+        assert all(s not in per_stream(run.chunks, stream) for s in secrets)
     check_chunk_shape(run, max_chunk_bytes)
     everything = "".join(c.text for c in run.chunks)
     for s in secrets:
         assert s not in everything
         # Not even one chunk shows one whole: the masking happens before chunking.
         assert all(s not in c.text for c in run.chunks)
+
+
+def crosses_streams(ops: Sequence[Op], secrets: Sequence[str]) -> bool:
+    """Whether a secret occurs in the written order of both streams' text (as decoded) with
+    characters of both streams: then it is masked across them."""
+    written = [(c.stream, ch) for c in available(ops) for ch in c.text]
+    text = "".join(ch for _, ch in written)
+    for s in secrets:
+        start = text.find(s)
+        while start >= 0:
+            if len({stream for stream, _ in written[start : start + len(s)]}) > 1:
+                return True
+            start = text.find(s, start + 1)
+    return False
+
+
+@st.composite
+def split_secret_scenarios(draw: st.DrawFn) -> tuple[str, str, list[Op]]:
+    """One secret split at a random point between the two streams, as a process writes it
+    (`printf abc; printf 123 >&2`): the first part on one stream, the rest on the other, each
+    part in random reads, with filler around, in that order."""
+    secret = draw(st.text(alphabet=SECRET_ALPHABET, min_size=2, max_size=16))
+    k = draw(st.integers(min_value=1, max_value=len(secret) - 1))
+    first: Stream = draw(st.sampled_from(STREAMS))
+    second: Stream = "stderr" if first == "stdout" else "stdout"
+    before = draw(st.text(alphabet=FILLER_ALPHABET, max_size=8)) + secret[:k]
+    after = secret[k:] + draw(st.text(alphabet=FILLER_ALPHABET, max_size=8))
+    ops: list[Op] = []
+    for stream, text in ((first, before), (second, after)):
+        for piece in draw(reads(text.encode())):
+            ops.append(Feed(stream, piece, draw(clock_step)))
+    return secret, before + after, ops
+
+
+@PROPS
+@given(scenario=split_secret_scenarios(), max_chunk_bytes=max_chunk, idle=idles)
+@example(
+    scenario=(
+        "abc123secretXYZ",
+        "abc123secretXYZ",
+        [Feed("stdout", b"abc123", 0), Feed("stderr", b"secretXYZ", 0)],
+    ),
+    max_chunk_bytes=65536,
+    idle=[],
+)
+def test_a_secret_split_across_stdout_and_stderr_is_masked(
+    scenario: tuple[str, str, list[Op]], max_chunk_bytes: int, idle: list[bool]
+) -> None:
+    """Issue 20 finding 8: each stream was masked on its own, so a value written half to
+    stdout and half to stderr went out whole to any client that shows both."""
+    secret, written, ops = scenario
+    run = drive(ops, max_chunk_bytes=max_chunk_bytes, masker=Masker([secret]), idle=idle)
+    everything = "".join(c.text for c in run.chunks)
+    assert secret not in everything and MASK in everything
+    for stream in STREAMS:
+        assert secret not in per_stream(run.chunks, stream)
+    # Only the secret went: the filler on both sides is all there.
+    assert everything == written.replace(secret, MASK)
+    check_chunk_shape(run, max_chunk_bytes)
 
 
 @PROPS

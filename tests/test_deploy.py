@@ -12,7 +12,7 @@ import pytest
 import typer
 import yaml
 
-from api.cli import cli
+from cli.main import cli
 from events.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,6 +20,7 @@ COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 # Variables compose and the units use that are not Settings fields, and where they come from.
 DEPLOY_ONLY = {
     "REDIS_PASSWORD",  # redis-server --requirepass
+    "POSTGRES_PASSWORD",  # the postgres image's superuser password
     "FLOWER_BASIC_AUTH",  # flower --basic-auth
     "CLOUDOPS_WORKER_QUEUES",  # cloudops worker --queues
     "CLOUDOPS_WORKER_CONCURRENCY",  # cloudops worker --concurrency
@@ -87,7 +88,7 @@ def check_cli(argv: list[str]) -> None:
         assert ctx.params is not None
 
 
-@pytest.mark.parametrize("name", ["relay", "worker", "flower"])
+@pytest.mark.parametrize("name", ["relay", "worker", "flower", "migrate"])
 def test_compose_service_runs_an_existing_cli_command(name: str) -> None:
     check_cli(cloudops_argv(COMPOSE["services"][name]))
 
@@ -103,11 +104,19 @@ def test_compose_environment_is_defined_and_known() -> None:
             assert var in example or "${" + var + ":-" in text.replace("$${", "${"), (
                 f"service {name} uses {var}, which the example env file does not define"
             )
-        if name != "redis":
+        if name not in ("redis", "postgres"):
             assert service["env_file"] == "deploy/cloudops.env"
     redis_cmd = COMPOSE["services"]["redis"]["command"]
     assert "--requirepass" in redis_cmd and "noeviction" in redis_cmd and "appendonly" in redis_cmd
     assert "REDIS_PASSWORD" in example and ":change-me-redis@" in example["CLOUDOPS_REDIS_URL"]
+    # The relay archives into PostgreSQL, started healthy and migrated before it.
+    relay = COMPOSE["services"]["relay"]
+    assert relay["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert relay["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+    assert relay["environment"]["CLOUDOPS_DATABASE_URL"].startswith("postgresql+psycopg://")
+    postgres = COMPOSE["services"]["postgres"]
+    assert "pg_isready" in str(postgres["healthcheck"]["test"])
+    assert "postgres-data:/var/lib/postgresql/data" in postgres["volumes"]
 
 
 def test_every_service_has_a_healthcheck_and_flower_has_auth() -> None:

@@ -22,11 +22,11 @@ import redis
 from events.settings import Settings
 from tests.conftest import worker_env
 from tests.helpers import (
-    REPO,
     ManagedProcess,
     cloudops_argv,
     free_port,
     live_pids_with,
+    run_cloudops,
     start_process,
     wait_until,
 )
@@ -201,13 +201,15 @@ def test_playbook_over_two_hosts_through_the_relay_flower_and_records_agree(
     playbook.write_text(PLAYBOOK)
     env = stack.env(CLOUDOPS_API_TOKEN=TOKEN)
     del env["CLOUDOPS_REDIS_URL"]  # the CLI goes through the relay only
-    run = subprocess.run(
-        cloudops_argv("run", "--remote", stack.relay_url, "--json", "--playbook", str(playbook)),
+    run = run_cloudops(
+        "run",
+        "--remote",
+        stack.relay_url,
+        "--json",
+        "--playbook",
+        str(playbook),
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
+        timeout_s=120,
     )
     assert run.returncode == 0, run.stderr
     envelopes = [json.loads(line) for line in run.stdout.splitlines()]
@@ -266,39 +268,21 @@ def test_worker_stopped_with_sigterm_ends_its_command_cleanly(stack: Stack) -> N
 
 
 def test_cli_remote_gives_the_embedded_events_and_fleet_mode_speaks_tls(stack: Stack) -> None:
-    from tests.cli.test_cli import comparable, embedded_env
+    from tests.cli.test_cli import comparable
+    from tests.helpers import embedded_env
 
     command = "echo one; sleep 0.1; echo two >&2; sleep 0.1; printf 'no newline'; exit 4"
-    embedded = subprocess.run(
-        cloudops_argv("run", "--json", "--", command),
-        env=embedded_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    embedded = run_cloudops("run", "--json", "--", command, env=embedded_env())
     remote_env = stack.env(CLOUDOPS_API_TOKEN=TOKEN)
     del remote_env["CLOUDOPS_REDIS_URL"]
-    remote = subprocess.run(
-        cloudops_argv("run", "--remote", stack.relay_url, "--json", "--", command),
-        env=remote_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
+    remote = run_cloudops(
+        "run", "--remote", stack.relay_url, "--json", "--", command, env=remote_env
     )
     assert embedded.returncode == remote.returncode == 4, remote.stderr
     assert comparable(embedded.stdout.splitlines()) == comparable(remote.stdout.splitlines())
     ex = json.loads(remote.stdout.splitlines()[0])["executionId"]
     # The CLI in fleet mode, straight to the TLS Redis with its password.
-    listed = subprocess.run(
-        cloudops_argv("ls", "--json"),
-        env=stack.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    listed = run_cloudops("ls", "--json", env=stack.env())
     assert listed.returncode == 0, listed.stderr
     records = [json.loads(line) for line in listed.stdout.splitlines()]
     assert any(r["executionId"] == ex and r["status"] == "failed" for r in records)

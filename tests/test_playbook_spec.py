@@ -14,19 +14,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from events.errors import InvalidRequestError
-from worker.playbook_spec import (
-    MAX_TIMEOUT_S,
-    Playbook,
-    PlaybookError,
-    RenderedStep,
-    load_playbook,
-    parse_param_args,
-    render_options,
-    render_playbook,
-    render_step,
-    resolve_params,
-)
-from worker.templating import ShellContext, TemplateError, plan_command, quote_for
+from events.models import MAX_TIMEOUT_S
+from worker.playbook.command import plan_command
+from worker.playbook.errors import PlaybookError
+from worker.playbook.loading import load_playbook
+from worker.playbook.params import parse_param_args, resolve_params
+from worker.playbook.render import RenderedStep, render_options, render_playbook, render_step
+from worker.playbook.shell import quote_for
+from worker.playbook.shell_scanner import ShellContext
+from worker.playbook.spec import Playbook
+from worker.playbook.templates import TemplateError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "deploy" / "examples"
 
@@ -63,260 +60,146 @@ def _steps_yaml(body: str) -> str:
     return "name: test\nsteps:\n" + body
 
 
+def _top(lines: str) -> str:
+    """A playbook named x with these top-level lines and one echo step."""
+    return "name: x\n" + lines + "steps:\n  - command: echo\n"
+
+
+def _cmd(command: str) -> str:
+    """A one-step playbook whose step `a` runs `command`."""
+    return _steps_yaml(f"  - id: a\n    command: {command}\n")
+
+
+def _with(line: str) -> str:
+    """A one-step playbook whose step `a` runs echo and has one more line, `key: value`."""
+    return _steps_yaml(f"  - id: a\n    command: echo\n    {line}\n")
+
+
 # --- bad playbooks -------------------------------------------------------------------------------
 
-# (case id, YAML text, substrings the message must contain). The source name (bad.yml) is
-# checked for every case; the step appears as "step N (id)" and the field as "field X".
+# (case id, YAML text, substrings the message must contain), a case a line where it fits. The
+# source name (bad.yml) is checked for every case; the step appears as "step N (id)" and the
+# field as "field X".
 BAD: list[tuple[str, str, list[str]]] = [
-    (
-        "yaml-syntax",
-        "name: x\nsteps:\n  - command: echo hi\n    timeout: [1, 2\n",
-        ["YAML syntax error", "line 5"],
-    ),
+    ("yaml-syntax", "name: x\nsteps:\n  - command: echo hi\n    timeout: [1, 2\n",
+     ["YAML syntax error", "line 5"]),
     ("yaml-tab-indent", "name: x\nsteps:\n\t- command: echo\n", ["YAML syntax error", "line 3"]),
-    (
-        "unquoted-template",
-        "name: x\nsteps:\n  - command: {{ params.x }}\n",
-        ["line 3", "must be quoted in YAML"],
-    ),
+    ("unquoted-template", "name: x\nsteps:\n  - command: {{ params.x }}\n",
+     ["line 3", "must be quoted in YAML"]),
     ("two-documents", "name: x\n---\nname: y\n", ["YAML syntax error", "single document"]),
     ("empty-file", "", ["is empty"]),
     ("only-a-comment", "# nothing here\n", ["is empty"]),
     ("top-level-list", "- command: echo\n", ["line 1", "must be a mapping", "got a list"]),
     ("top-level-scalar", "just some text\n", ["must be a mapping", "got the string"]),
-    (
-        "unknown-top-key",
-        "name: x\nstep:\n  - command: echo\n",
-        ["line 2", "field step", "unknown key 'step'", "did you mean 'steps'"],
-    ),
-    ("missing-name", "steps:\n  - command: echo\n", ["field name", "is missing"]),
+    ("unknown-top-key", "name: x\nstep:\n  - command: echo\n",
+     ["line 2", "field step", "unknown key 'step'", "did you mean 'steps'"]),
     ("empty-name", "name: ''\nsteps:\n  - command: echo\n", ["field name", "must not be empty"]),
     ("missing-steps", "name: x\n", ["field steps", "is missing"]),
     ("empty-steps", "name: x\nsteps: []\n", ["line 2", "field steps", "at least one step"]),
     ("null-steps", "name: x\nsteps:\n", ["field steps", "must be a list"]),
-    (
-        "steps-is-a-mapping",
-        "name: x\nsteps:\n  command: echo\n",
-        ["line 3", "field steps", "must be a list"],
-    ),
-    (
-        "step-is-a-string",
-        _steps_yaml("  - command: echo\n  - echo hi\n"),
-        ["line 4", "step 2 (step_2)", "must be a mapping"],
-    ),
-    (
-        "unknown-step-key",
-        _steps_yaml("  - command: echo\n    continue_on_eror: true\n"),
-        [
-            "line 4",
-            "step 1 (step_1)",
-            "field continue_on_eror",
-            "unknown key",
-            "did you mean 'continue_on_error'",
-        ],
-    ),
-    (
-        "missing-command",
-        _steps_yaml("  - command: echo\n  - id: second\n    name: Second\n"),
-        ["line 4", "step 2 (second)", "field command", "is missing"],
-    ),
-    (
-        "misspelt-command",
-        _steps_yaml("  - id: a\n    comand: echo\n"),
-        ["line 4", "step 1 (a)", "field comand", "did you mean 'command'", "1 more problem"],
-    ),
-    (
-        "empty-command",
-        _steps_yaml("  - id: a\n    command: ''\n"),
-        ["line 4", "step 1 (a)", "field command", "must not be empty"],
-    ),
-    (
-        "blank-command",
-        _steps_yaml("  - id: a\n    command: '   '\n"),
-        ["line 4", "step 1 (a)", "field command", "must not be empty"],
-    ),
-    (
-        "null-command",
-        _steps_yaml("  - id: a\n    command:\n"),
-        ["step 1 (a)", "field command", "must be a string", "null"],
-    ),
-    (
-        "list-command",
-        _steps_yaml("  - id: a\n    command: [echo, hi]\n"),
-        ["line 4", "step 1 (a)", "field command", "must be a string, got a list"],
-    ),
-    (
-        "mapping-command",
-        _steps_yaml("  - id: a\n    command: {echo: hi}\n"),
-        ["line 4", "field command", "got a mapping", "must be quoted in YAML"],
-    ),
-    (
-        "number-name",
-        _steps_yaml("  - id: a\n    name: 1.5\n    command: echo\n"),
-        ["line 4", "step 1 (a)", "field name", "the number 1.5 (quote it"],
-    ),
-    (
-        "duplicate-ids",
-        _steps_yaml("  - id: a\n    command: echo\n  - id: a\n    command: echo\n"),
-        ["line 5", "step 2 (a)", "field id", "duplicate step id 'a'", "also step 1"],
-    ),
-    (
-        "duplicate-with-default-id",
-        _steps_yaml("  - command: echo\n  - id: step_1\n    command: echo\n"),
-        ["line 4", "step 2 (step_1)", "field id", "duplicate step id 'step_1'"],
-    ),
-    (
-        "bad-step-id",
-        _steps_yaml("  - id: has space\n    command: echo\n"),
-        ["line 3", "step 1 (has space)", "field id", "letters, digits"],
-    ),
-    (
-        "duplicate-key",
-        _steps_yaml("  - id: a\n    command: echo a\n    command: echo b\n"),
-        ["line 5", "step 1 (a)", "field command", "appears twice", "lines 4 and 5"],
-    ),
-    (
-        "zero-timeout",
-        _steps_yaml("  - id: a\n    command: echo\n    timeout: 0\n"),
-        ["line 5", "step 1 (a)", "field timeout", "whole number of seconds", "the integer 0"],
-    ),
-    (
-        "negative-timeout",
-        _steps_yaml("  - id: a\n    command: echo\n    timeout: -5\n"),
-        ["line 5", "step 1 (a)", "field timeout", "the integer -5"],
-    ),
-    (
-        "fractional-timeout",
-        _steps_yaml("  - id: a\n    command: echo\n    timeout: 1.5\n"),
-        ["line 5", "step 1 (a)", "field timeout", "the number 1.5"],
-    ),
-    (
-        "string-timeout",
-        _steps_yaml("  - id: a\n    command: echo\n    timeout: '60'\n"),
-        ["line 5", "field timeout", "the string '60'"],
-    ),
-    (
-        "boolean-timeout",
-        _steps_yaml("  - id: a\n    command: echo\n    timeout: yes\n"),
-        ["line 5", "field timeout", "the boolean true"],
-    ),
-    (
-        "timeout-over-7-days",
-        _steps_yaml(f"  - id: a\n    command: echo\n    timeout: {MAX_TIMEOUT_S + 1}\n"),
-        ["line 5", "field timeout", f"from 1 to {MAX_TIMEOUT_S}"],
-    ),
-    (
-        "options-timeout",
-        "name: x\noptions:\n  timeout: -1\nsteps:\n  - command: echo\n",
-        ["line 3", "field options.timeout", "the integer -1"],
-    ),
-    (
-        "unknown-option",
-        "name: x\noptions: {region: eu-west-1}\nsteps:\n  - command: echo\n",
-        ["line 2", "field options.region", "did you mean 'aws_region'"],
-    ),
-    (
-        "negative-retries",
-        _steps_yaml("  - id: a\n    command: echo\n    retries: -1\n"),
-        ["line 5", "step 1 (a)", "field retries", "from 0 to 10"],
-    ),
-    (
-        "too-many-retries",
-        _steps_yaml("  - id: a\n    command: echo\n    retries: 11\n"),
-        ["line 5", "field retries", "the integer 11"],
-    ),
-    (
-        "continue-on-error-not-boolean",
-        _steps_yaml("  - id: a\n    command: echo\n    continue_on_error: maybe\n"),
-        ["line 5", "field continue_on_error", "true or false", "'maybe'"],
-    ),
-    (
-        "max-concurrent-zero",
-        "name: x\nmax_concurrent: 0\nsteps:\n  - command: echo\n",
-        ["line 2", "field max_concurrent", "at least 1"],
-    ),
-    (
-        "bad-env-name",
-        _steps_yaml("  - id: a\n    command: echo\n    env: {BAD-NAME: x}\n"),
-        ["line 5", "step 1 (a)", "field env.BAD-NAME", "environment variable name"],
-    ),
-    (
-        "env-not-a-mapping",
-        _steps_yaml("  - id: a\n    command: echo\n    env: [A=1]\n"),
-        ["line 5", "field env", "must be a mapping"],
-    ),
-    (
-        "bad-queue",
-        _steps_yaml("  - id: a\n    command: echo\n    queue: host a\n"),
-        ["line 5", "step 1 (a)", "field queue", "queue name"],
-    ),
-    (
-        "bad-region",
-        _steps_yaml("  - id: a\n    command: echo\n    aws_region: eu west 1\n"),
-        ["line 5", "field aws_region", "one word"],
-    ),
-    (
-        "bad-param-name",
-        "name: x\nparams: {my-bucket: logs}\nsteps:\n  - command: echo\n",
-        ["line 2", "field params.my-bucket", "not a valid param name"],
-    ),
-    (
-        "null-param-default",
-        "name: x\nparams:\n  bucket:\nsteps:\n  - command: echo\n",
-        ["line 3", "field params.bucket", "string, number or boolean"],
-    ),
-    (
-        "unknown-param",
-        _steps_yaml("  - id: greet\n    command: echo {{ params.who }}\n"),
-        ["line 4", "step 1 (greet)", "field command", "{{ params.who }} has no value"],
-    ),
-    (
-        "unknown-param-in-env",
-        _steps_yaml("  - id: a\n    command: echo\n    env: {WHO: '{{ params.who }}'}\n"),
-        ["line 5", "step 1 (a)", "field env.WHO", "{{ params.who }} has no value"],
-    ),
-    (
-        "malformed-param",
-        _steps_yaml("  - id: a\n    command: echo {{ params.}}\n"),
-        ["line 4", "step 1 (a)", "field command", "malformed template '{{ params.}}'"],
-    ),
-    (
-        "not-a-param",
-        _steps_yaml("  - id: a\n    command: echo {{ foo }}\n"),
-        ["line 4", "field command", "only {{ params.NAME }} is supported"],
-    ),
-    (
-        "unclosed-template",
-        _steps_yaml("  - id: a\n    command: echo {{ params.x\n"),
-        ["line 4", "field command", "never closed"],
-    ),
-    (
-        "param-in-backticks",
-        "name: x\nparams: {x: 1}\nsteps:\n  - id: a\n    command: echo `echo {{ params.x }}`\n",
-        ["line 5", "step 1 (a)", "field command", "inside backticks"],
-    ),
-    (
-        "param-in-arithmetic",
-        "name: x\nparams: {n: 1}\nsteps:\n  - id: a\n    command: echo $(( {{ params.n }} + 1 ))\n",
-        ["line 5", "field command", "arithmetic"],
-    ),
-    (
-        "param-in-heredoc",
-        "name: x\nparams: {x: 1}\nsteps:\n  - id: a\n    command: |\n      cat <<EOF\n"
-        "      {{ params.x }}\n      EOF\n",
-        ["line 5", "field command", "here-document"],
-    ),
-    (
-        "unterminated-quote",
-        _steps_yaml("  - id: a\n    command: echo 'oops\n"),
-        ["line 4", "field command", "never closed"],
-    ),
-    (
-        "aws-unbalanced-quote",
-        _steps_yaml('  - id: a\n    command: aws s3 ls "oops\n'),
-        ["line 4", "field command", "No closing quotation"],
-    ),
-]
+    ("steps-is-a-mapping", "name: x\nsteps:\n  command: echo\n",
+     ["line 3", "field steps", "must be a list"]),
+    ("step-is-a-string", _steps_yaml("  - command: echo\n  - echo hi\n"),
+     ["line 4", "step 2 (step_2)", "must be a mapping"]),
+    ("unknown-step-key", _steps_yaml("  - command: echo\n    continue_on_eror: true\n"),
+     ["line 4", "step 1 (step_1)", "field continue_on_eror", "unknown key",
+      "did you mean 'continue_on_error'"]),
+    ("missing-command", _steps_yaml("  - command: echo\n  - id: second\n    name: Second\n"),
+     ["line 4", "step 2 (second)", "field command", "is missing"]),
+    ("misspelt-command", _steps_yaml("  - id: a\n    comand: echo\n"),
+     ["line 4", "step 1 (a)", "field comand", "did you mean 'command'", "1 more problem"]),
+    ("empty-command", _cmd("''"), ["line 4", "step 1 (a)", "field command", "must not be empty"]),
+    ("blank-command", _cmd("'   '"),
+     ["line 4", "step 1 (a)", "field command", "must not be empty"]),
+    ("null-command", _steps_yaml("  - id: a\n    command:\n"),
+     ["step 1 (a)", "field command", "must be a string", "null"]),
+    ("list-command", _cmd("[echo, hi]"),
+     ["line 4", "step 1 (a)", "field command", "must be a string, got a list"]),
+    ("mapping-command", _cmd("{echo: hi}"),
+     ["line 4", "field command", "got a mapping", "must be quoted in YAML"]),
+    ("number-name", _steps_yaml("  - id: a\n    name: 1.5\n    command: echo\n"),
+     ["line 4", "step 1 (a)", "field name", "the number 1.5 (quote it"]),
+    ("duplicate-ids", _steps_yaml("  - id: a\n    command: echo\n  - id: a\n    command: echo\n"),
+     ["line 5", "step 2 (a)", "field id", "duplicate step id 'a'", "also step 1"]),
+    ("duplicate-with-default-id",
+     _steps_yaml("  - command: echo\n  - id: step_1\n    command: echo\n"),
+     ["line 4", "step 2 (step_1)", "field id", "duplicate step id 'step_1'"]),
+    ("bad-step-id", _steps_yaml("  - id: has space\n    command: echo\n"),
+     ["line 3", "step 1 (has space)", "field id", "letters, digits"]),
+    ("duplicate-key", _steps_yaml("  - id: a\n    command: echo a\n    command: echo b\n"),
+     ["line 5", "step 1 (a)", "field command", "appears twice", "lines 4 and 5"]),
+    ("zero-timeout", _with("timeout: 0"),
+     ["line 5", "step 1 (a)", "field timeout", "whole number of seconds", "the integer 0"]),
+    ("negative-timeout", _with("timeout: -5"),
+     ["line 5", "step 1 (a)", "field timeout", "the integer -5"]),
+    ("fractional-timeout", _with("timeout: 1.5"),
+     ["line 5", "step 1 (a)", "field timeout", "the number 1.5"]),
+    ("string-timeout", _with("timeout: '60'"), ["line 5", "field timeout", "the string '60'"]),
+    ("boolean-timeout", _with("timeout: yes"), ["line 5", "field timeout", "the boolean true"]),
+    ("timeout-over-7-days", _with(f"timeout: {MAX_TIMEOUT_S + 1}"),
+     ["line 5", "field timeout", f"from 1 to {MAX_TIMEOUT_S}"]),
+    ("options-timeout", _top("options:\n  timeout: -1\n"),
+     ["line 3", "field options.timeout", "the integer -1"]),
+    ("unknown-option", _top("options: {region: eu-west-1}\n"),
+     ["line 2", "field options.region", "did you mean 'aws_region'"]),
+    ("negative-retries", _with("retries: -1"),
+     ["line 5", "step 1 (a)", "field retries", "from 0 to 10"]),
+    ("too-many-retries", _with("retries: 11"), ["line 5", "field retries", "the integer 11"]),
+    ("continue-on-error-not-boolean", _with("continue_on_error: maybe"),
+     ["line 5", "field continue_on_error", "true or false", "'maybe'"]),
+    ("max-concurrent-zero", _top("max_concurrent: 0\n"),
+     ["line 2", "field max_concurrent", "at least 1"]),
+    ("bad-env-name", _with("env: {BAD-NAME: x}"),
+     ["line 5", "step 1 (a)", "field env.BAD-NAME", "environment variable name"]),
+    ("env-not-a-mapping", _with("env: [A=1]"), ["line 5", "field env", "must be a mapping"]),
+    ("bad-queue", _with("queue: host a"), ["line 5", "step 1 (a)", "field queue", "queue name"]),
+    ("targets-none", _with("targets: {}"),
+     ["line 5", "step 1 (a)", "field targets", "exactly one of queue, hosts or labels"]),
+    ("targets-two", _with("targets: {hosts: [a@x], labels: {region: eu}}"),
+     ["line 5", "field targets", "got hosts and labels"]),
+    ("targets-unknown-key", _with("targets: {host: [a@x]}"),
+     ["line 5", "field targets.host", "unknown key 'host'"]),
+    ("targets-not-a-mapping", _with("targets: web"), ["line 5", "field targets", "mapping"]),
+    ("targets-no-hosts", _with("targets: {hosts: []}"),
+     ["line 5", "field targets.hosts", "at least one host"]),
+    ("targets-bad-host", _with("targets: {hosts: ['web 1']}"),
+     ["line 5", "field targets.hosts[0]", "worker hostname"]),
+    ("targets-bad-queue", _with("targets: {queue: 'a b'}"),
+     ["line 5", "field targets.queue", "queue name"]),
+    ("targets-no-labels", _with("targets: {labels: {}}"),
+     ["line 5", "field targets.labels", "at least one label"]),
+    ("parallel-zero", _with("parallel: 0"), ["line 5", "field parallel", "at least 1"]),
+    ("parallel-not-a-number", _with("parallel: all"), ["line 5", "field parallel", "'all'"]),
+    ("max-failures-negative", _with("max_failures: -1"),
+     ["line 5", "field max_failures", "at least 0"]),
+    ("bad-region", _with("aws_region: eu west 1"), ["line 5", "field aws_region", "one word"]),
+    ("bad-param-name", _top("params: {my-bucket: logs}\n"),
+     ["line 2", "field params.my-bucket", "not a valid param name"]),
+    ("null-param-default", _top("params:\n  bucket:\n"),
+     ["line 3", "field params.bucket", "string, number or boolean"]),
+    ("unknown-param", _steps_yaml("  - id: greet\n    command: echo {{ params.who }}\n"),
+     ["line 4", "step 1 (greet)", "field command", "{{ params.who }} has no value"]),
+    ("unknown-param-in-env", _with("env: {WHO: '{{ params.who }}'}"),
+     ["line 5", "step 1 (a)", "field env.WHO", "{{ params.who }} has no value"]),
+    ("malformed-param", _cmd("echo {{ params.}}"),
+     ["line 4", "step 1 (a)", "field command", "malformed template '{{ params.}}'"]),
+    ("not-a-param", _cmd("echo {{ foo }}"),
+     ["line 4", "field command", "only {{ params.NAME }} is supported"]),
+    ("unclosed-template", _cmd("echo {{ params.x"), ["line 4", "field command", "never closed"]),
+    ("param-in-backticks",
+     "name: x\nparams: {x: 1}\nsteps:\n  - id: a\n    command: echo `echo {{ params.x }}`\n",
+     ["line 5", "step 1 (a)", "field command", "inside backticks"]),
+    ("param-in-arithmetic",
+     "name: x\nparams: {n: 1}\nsteps:\n  - id: a\n    command: echo $(( {{ params.n }} + 1 ))\n",
+     ["line 5", "field command", "arithmetic"]),
+    ("param-in-heredoc",
+     "name: x\nparams: {x: 1}\nsteps:\n  - id: a\n    command: |\n      cat <<EOF\n"
+     "      {{ params.x }}\n      EOF\n",
+     ["line 5", "field command", "here-document"]),
+    ("unterminated-quote", _cmd("echo 'oops"), ["line 4", "field command", "never closed"]),
+    ("aws-unbalanced-quote", _cmd("aws s3 ls \"oops"),
+     ["line 4", "field command", "No closing quotation"]),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("text", "expected"), [c[1:] for c in BAD], ids=[c[0] for c in BAD])
@@ -337,7 +220,7 @@ def test_there_are_at_least_twenty_distinct_bad_playbooks() -> None:
 
 
 def test_playbook_error_is_an_invalid_request_with_data() -> None:
-    text = _steps_yaml("  - id: a\n    command: echo\n    timeout: -5\n")
+    text = _with("timeout: -5")
     with pytest.raises(InvalidRequestError) as info:
         load_playbook(text, source_name="deploy.yml")
     err = info.value
@@ -468,7 +351,8 @@ def test_rendered_steps_take_step_values_else_playbook_options() -> None:
     assert first.argv == ("aws", "ec2", "describe-instances", "--region", "eu-west-1")
     assert first.script is None
     assert first.display_command == "aws ec2 describe-instances --region eu-west-1"
-    assert (first.timeout_s, first.working_dir, first.aws_profile, first.aws_region) == (
+    opts = first.options
+    assert (opts.timeout, opts.working_dir, opts.aws_profile, opts.aws_region) == (
         60,
         "/tmp",
         "ops",
@@ -485,7 +369,7 @@ def test_rendered_steps_take_step_values_else_playbook_options() -> None:
     assert second.argv is None
     assert second.script == "echo 'logs-archive' '3' 'true'"
     assert second.display_command == "echo logs-archive 3 true"
-    assert (second.timeout_s, second.queue, second.retries) == (300, None, 0)
+    assert (second.options.timeout, second.queue, second.retries) == (300, None, 0)
 
     assert third.options.model_dump() == {
         "working_dir": "/var/tmp",
@@ -501,7 +385,7 @@ def test_run_params_override_defaults() -> None:
     pb = load_playbook(FULL, params={"region": "us-east-2"})
     step = render_step(pb, 0, {"region": "us-east-2"})
     assert step.argv is not None and step.argv[-1] == "us-east-2"
-    assert render_step(pb, 2, {"region": "us-east-2"}).aws_region == "us-east-2"
+    assert render_step(pb, 2, {"region": "us-east-2"}).options.aws_region == "us-east-2"
     assert render_step(pb, 0).argv == ("aws", "ec2", "describe-instances", "--region", "eu-west-1")
 
 
@@ -891,3 +775,24 @@ def test_no_template_the_scanner_accepts_lets_a_value_run_a_command(
             check=False,
         )
         assert os.listdir(cwd) == [], script
+
+
+def test_fan_out_fields_are_rendered_with_params_and_round_trip() -> None:
+    text = (
+        "name: x\nparams: {r: eu, h: web1}\nsteps:\n"
+        "  - id: a\n    command: echo\n    targets: {labels: {region: '{{ params.r }}'}}\n"
+        "    parallel: 2\n    max_failures: 0\n"
+        "  - id: b\n    command: echo\n    targets: {hosts: ['{{ params.h }}@eu', db@eu]}\n"
+        "  - id: c\n    command: echo\n    targets: {queue: 'q-{{ params.r }}'}\n"
+        "  - id: d\n    command: echo\n"
+    )
+    pb = load_playbook(text, params={"r": "us"})
+    a, b, c, d = render_playbook(pb, {"r": "us"})
+    assert (a.targets, a.parallel, a.max_failures) == ({"labels": {"region": "us"}}, 2, 0)
+    assert b.targets == {"hosts": ["web1@eu", "db@eu"]} and b.parallel is None
+    assert c.targets == {"queue": "q-us"}
+    assert d.targets is None and d.max_failures is None
+    for step in (a, b, c, d):
+        assert RenderedStep.from_dict(json.loads(json.dumps(step.to_dict()))) == step
+    with pytest.raises(PlaybookError, match=r"targets\.queue"):
+        render_step(pb, 2, {"r": "u s"})

@@ -19,20 +19,16 @@ from typing import Any
 
 import pytest
 
+from events import models as m
 from events.models import (
     EVENT_TYPES,
     EXTRA_PREFIX,
+    SPEC_EVENT_TYPES,
     Envelope,
-    ExecutionCancelledPayload,
-    ExecutionCompletePayload,
     ExecutionOptions,
-    ExecutionOutputPayload,
-    ExecutionStartedPayload,
-    PlaybookStepCompletePayload,
-    PlaybookStepStartPayload,
     WireModel,
-    encode_parts,
 )
+from events.wire import encode_parts
 
 SPEC = Path(__file__).resolve().parents[1].parent / "shared" / "seed" / "execution-events.md"
 
@@ -92,7 +88,7 @@ def spec_text() -> str:
 @pytest.fixture(scope="module")
 def interfaces(spec_text: str) -> dict[str, Interface]:
     found = parse_interfaces(spec_text)
-    wanted = {"ExecutionOptions", *(f"{m.__name__}" for m in EVENT_TYPES.values())}
+    wanted = {"ExecutionOptions", *(f"{m.__name__}" for m in SPEC_EVENT_TYPES.values())}
     missing = wanted - found.keys()
     assert not missing, f"spec interfaces not found in {SPEC}: {sorted(missing)}"
     return found
@@ -183,7 +179,7 @@ EX = "ex_01HZY"
 def full_payloads() -> list[WireModel]:
     """One payload per event with every field set, spec-optional ones and extras included."""
     return [
-        ExecutionStartedPayload(
+        m.ExecutionStartedPayload(
             execution_id=EX,
             command="aws ec2 describe-instances",
             command_type="aws_cli",
@@ -193,16 +189,17 @@ def full_payloads() -> list[WireModel]:
             ),
             worker="host-a",
         ),
-        ExecutionOutputPayload(
+        m.ExecutionOutputPayload(
             execution_id=EX,
             output="Listing EC2 instances...\n",
             stream="stderr",
             timestamp=TS,
             step_id="list",
+            host="web1@eu",
             truncated=True,
             dropped_bytes=42,
         ),
-        ExecutionCompletePayload(
+        m.ExecutionCompletePayload(
             execution_id=EX,
             status="failed",
             started_at=TS,
@@ -212,10 +209,10 @@ def full_payloads() -> list[WireModel]:
             error="exit code 3",
             worker="host-a",
         ),
-        ExecutionCancelledPayload(
+        m.ExecutionCancelledPayload(
             execution_id=EX, cancelled_at=TS, reason="User requested", partial_output="a\nb\n"
         ),
-        PlaybookStepStartPayload(
+        m.PlaybookStepStartPayload(
             execution_id=EX,
             step_id="step_1",
             step_number=1,
@@ -224,8 +221,9 @@ def full_payloads() -> list[WireModel]:
             command="aws ec2 describe-instances",
             attempt=2,
             worker="host-b",
+            hosts=["web1@eu", "web2@eu"],
         ),
-        PlaybookStepCompletePayload(
+        m.PlaybookStepCompletePayload(
             execution_id=EX,
             step_id="step_1",
             step_number=1,
@@ -237,6 +235,7 @@ def full_payloads() -> list[WireModel]:
             continue_on_error=True,
             attempts=2,
             worker="host-b",
+            host_counts={"completed": 2, "failed": 1},
         ),
     ]
 
@@ -255,7 +254,7 @@ def as_published(payload: WireModel) -> dict[str, Any]:
     """The envelope exactly as the publisher writes it (head + id + tail)."""
     name = next(e for e, m in EVENT_TYPES.items() if type(payload) is m)
     head, tail = encode_parts(name, EX, payload)
-    doc: dict[str, Any] = json.loads(head + "7" + tail)
+    doc: dict[str, Any] = json.loads(head + b"7" + tail)
     return doc
 
 
@@ -263,14 +262,14 @@ def as_published(payload: WireModel) -> dict[str, Any]:
 
 
 def test_spec_names_the_six_events_with_their_payloads(listeners: dict[str, str]) -> None:
-    ours = {event: model.__name__ for event, model in EVENT_TYPES.items()}
+    ours = {event: model.__name__ for event, model in SPEC_EVENT_TYPES.items()}
     assert listeners == ours
 
 
 def test_the_samples_cover_every_event_and_every_field() -> None:
     samples = full_payloads()
     assert sorted(type(p).__name__ for p in samples) == sorted(
-        m.__name__ for m in EVENT_TYPES.values()
+        m.__name__ for m in SPEC_EVENT_TYPES.values()
     )
     for p in samples:
         unset = [n for n in type(p).model_fields if getattr(p, n) is None]
@@ -310,7 +309,7 @@ def test_payload_has_exactly_the_spec_keys_and_types(
                 assert wire["options"] == {}
 
 
-@pytest.mark.parametrize("model", list(EVENT_TYPES.values()), ids=lambda m: m.__name__)
+@pytest.mark.parametrize("model", list(SPEC_EVENT_TYPES.values()), ids=lambda m: m.__name__)
 def test_model_requires_exactly_what_the_spec_requires(
     model: type[WireModel], interfaces: dict[str, Interface]
 ) -> None:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
 
 from events.settings import Settings
+from worker.reserve import ReserveOne
 
 app = Celery("cloudops", set_as_current=False)
 _settings: Settings | None = None
-
-TASK_RUN_COMMAND = "cloudops.run_command"
-TASK_RUN_STEP = "cloudops.run_playbook_step"
 
 
 def broker_key_prefix(settings: Settings) -> str:
@@ -20,15 +19,113 @@ def broker_key_prefix(settings: Settings) -> str:
     return f"{settings.key_prefix}:celery:"
 
 
+def _scheme(url: str | None) -> str:
+    return "" if url is None else url.split("://", 1)[0]
+
+
+def is_sentinel_url(url: str | None) -> bool:
+    return _scheme(url) == "sentinel"
+
+
+def is_redis_url(url: str | None) -> bool:
+    """A broker on Redis (directly or through Sentinel), as opposed to AMQP (RabbitMQ)."""
+    return _scheme(url) in ("redis", "rediss", "unix", "sentinel")
+
+
+def broker_name(url: str | None) -> str:
+    """How an error names the broker: what it is, never its URL (it may hold a password)."""
+    return "Redis" if is_redis_url(url) else "RabbitMQ"
+
+
+def broker_url(settings: Settings) -> str | None:
+    """Celery's broker URL: CLOUDOPS_BROKER_URL, or the events' Redis (through the sentinels
+    when they are configured: kombu's sentinel transport takes each sentinel as an alternate
+    `sentinel://` URL, the master's password and database from CLOUDOPS_REDIS_URL)."""
+    if not settings.broker_on_sentinel:
+        return settings.effective_broker_url
+    auth, db = "", "0"
+    if settings.redis_url is not None:
+        parts = urlsplit(settings.redis_url)
+        if parts.password is not None:
+            auth = f"{parts.username or ''}:{parts.password}@"
+        db = parts.path.strip("/") or "0"
+    return ";".join(f"sentinel://{auth}{hp}/{db}" for hp in settings.redis_sentinels)
+
+
+# Priorities (worker.taskqueue): kombu's Redis transport pops priority 0 first, AMQP the
+# highest number first, and only from queues declared with `x-max-priority`.
+AMQP_MAX_PRIORITY = 9
+
+
+def priorities(url: str | None) -> tuple[int, int]:
+    """(work that goes on: commands and the next step of a started run, a run's first step):
+    the highest and the lowest priority of the broker, so that started runs drain first."""
+    return (0, 9) if is_redis_url(url) else (AMQP_MAX_PRIORITY, 0)
+
+
+def _broker_options(settings: Settings, broker: str | None) -> dict[str, Any]:
+    """Transport and timeouts of the broker. Every wait on it is bounded: a submission to a
+    dead broker fails (503) within a few seconds, a worker reconnects by itself, forever."""
+    timeout_s = settings.broker_timeout_s
+    conf: dict[str, Any] = {
+        "broker_connection_timeout": timeout_s,
+        # Two tries of `timeout_s` each at most: a dead broker is reported well within 10 s.
+        "task_publish_retry_policy": {
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 1,
+        },
+        # A worker that lost its broker keeps its running commands and reconnects, however long
+        # the broker is away (Celery's default gives up after 100 tries).
+        "broker_connection_max_retries": None,
+    }
+    if not is_redis_url(broker):
+        return conf | {
+            # RabbitMQ: queues declared with x-max-priority, so that priorities apply there.
+            "task_queue_max_priority": AMQP_MAX_PRIORITY,
+            # One task in reserve (worker/reserve.py), also after a reconnection: Celery would
+            # otherwise raise the window back to `concurrency` step by step.
+            "worker_enable_prefetch_count_reduction": False,
+            # A task counts as sent once the broker confirmed it: without confirms a publish
+            # onto a connection the broker has just reset "succeeds" and the task is lost.
+            "broker_transport_options": {"confirm_publish": True},
+        }
+    options: dict[str, Any] = {
+        "global_keyprefix": broker_key_prefix(settings),
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+    }
+    if is_sentinel_url(broker):
+        sentinel_kwargs: dict[str, Any] = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+        if settings.redis_sentinel_password:
+            sentinel_kwargs["password"] = settings.redis_sentinel_password
+        options |= {
+            "master_name": settings.redis_sentinel_master,
+            "sentinel_kwargs": sentinel_kwargs,
+        }
+    # kombu's Redis transport (or its Sentinel flavour), but a queue item that is not a message
+    # is dropped instead of shutting the worker down (worker/transport.py). Only for a Redis
+    # broker: forcing it onto an amqp:// URL made the worker speak Redis to RabbitMQ.
+    transport = "SentinelTransport" if is_sentinel_url(broker) else "Transport"
+    return conf | {
+        "broker_transport": f"worker.transport:{transport}",
+        "broker_transport_options": options,
+        # Take a task only when a pool process is free (see below); Celery applies it to Redis
+        # brokers only and warns on others.
+        "worker_disable_prefetch": True,
+    }
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
-    return {
-        "broker_url": settings.effective_broker_url,
-        # kombu's Redis transport, but a queue item that is not a message is dropped instead of
-        # shutting the worker down (worker/transport.py).
-        "broker_transport": "worker.transport:Transport",
-        "broker_transport_options": {"global_keyprefix": broker_key_prefix(settings)},
+    broker = broker_url(settings)
+    conf: dict[str, Any] = {"broker_url": broker} | _broker_options(settings, broker)
+    return conf | {
         "broker_connection_retry_on_startup": True,
         "task_default_queue": settings.default_queue,
+        # Each worker also consumes its own queue, `<hostname>.dq`: a fan-out step sends each
+        # host's run there (worker.taskqueue.CeleryQueue.send_host), to that very worker.
+        "worker_direct": True,
         # Results travel as events; nothing reads Celery's result backend.
         "task_ignore_result": True,
         "result_backend": None,
@@ -40,8 +137,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # With early acks, prefetch counts only unacked messages: a worker whose pool is busy
         # still reserves up to `concurrency` more tasks, which then wait for its slots while
         # another worker idles, and are lost (unacked, restored only after visibility_timeout,
-        # an hour) if it is killed. Take a task only when a pool process is free.
-        "worker_disable_prefetch": True,
+        # an hour) if it is killed. On Redis `worker_disable_prefetch` (above) takes a task
+        # only when a pool process is free; RabbitMQ gives a killed worker's unacked tasks
+        # back at once.
         # Flower: task events from workers, and `task-sent` so queued tasks are visible.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
@@ -70,6 +168,7 @@ def configure(settings: Settings) -> Celery:
     global _settings
     _settings = settings
     app.conf.update(celery_config(settings))
+    app.steps["consumer"].add(ReserveOne)
     return app
 
 

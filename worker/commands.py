@@ -8,25 +8,31 @@ from collections.abc import Mapping
 
 from events.errors import InvalidRequestError
 from events.models import ExecutionOptions
+from events.vocabulary import COMMAND_TYPES, CommandType
 from worker.executor import CommandSpec
 
-COMMAND_TYPES = ("aws_cli", "script")
 MAX_COMMAND_CHARS = 128 * 1024
 
 
-def validate_command(command: str, command_type: str) -> list[str] | None:
-    """Check a submitted command; return the argv of an aws_cli command, None for a script."""
+def command_type_named(command_type: str) -> CommandType:
+    """The command type a request names; InvalidRequestError unless aws_cli or script."""
     if command_type not in COMMAND_TYPES:
         raise InvalidRequestError(
             "commandType", f"must be one of {', '.join(COMMAND_TYPES)}, got {command_type!r}"
         )
+    return CommandType(command_type)
+
+
+def validate_command(command: str, command_type: str) -> list[str] | None:
+    """Check a submitted command; return the argv of an aws_cli command, None for a script."""
+    kind = command_type_named(command_type)
     if not command.strip():
         raise InvalidRequestError("command", "must not be empty")
     if len(command) > MAX_COMMAND_CHARS:
         raise InvalidRequestError("command", f"longer than {MAX_COMMAND_CHARS} characters")
     if "\x00" in command:
         raise InvalidRequestError("command", "must not contain NUL characters")
-    if command_type == "script":
+    if kind is CommandType.SCRIPT:
         return None
     try:
         argv = shlex.split(command)
@@ -40,12 +46,6 @@ def validate_command(command: str, command_type: str) -> list[str] | None:
 def script_argv(script: str) -> list[str]:
     """bash runs the script; `--` so that a script starting with '-' is not read as options."""
     return ["bash", "-c", "--", script]
-
-
-def command_type_of(command: str) -> str:
-    """`aws ...` is aws_cli, anything else a script (CONTRACT §4)."""
-    first = command.strip().split(None, 1)
-    return "aws_cli" if first and first[0] == "aws" else "script"
 
 
 def build_env(

@@ -1,327 +1,122 @@
-"""In-process execution with an in-memory bus: the product with no Redis and no worker.
+"""Embedded mode's task queue: the fleet's task bodies, run in threads of this process.
 
-`MemoryBus` is a Sink with the publisher's guarantees (contiguous ids per execution, nothing
-after `execution_complete`, records updated with their event) and `EmbeddedDispatcher` runs
-each execution in a thread with the same executor and the same events as a Celery worker.
+With no Redis configured, the composition root (cli/) gives the worker side an in-process
+Redis and this queue: submitting, claiming, publishing, `max_concurrent` slots, cancelling and
+reading all go exactly the fleet's way; only the hop through a broker to a pool process is a
+thread start instead.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import queue
+import functools
+import logging
 import socket
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Protocol
+import time
+from collections.abc import Callable
 
-from events.errors import ExecutionEndedError, UnknownExecutionError
-from events.lifecycle import Reporter, Sink
-from events.models import (
-    CommandType,
-    ExecutionOptions,
-    RawEvent,
-    WireModel,
-    encode_parts,
-    event_name,
-    utc_now,
-)
-from events.records import ExecutionRecord, RecordStore, record_from_hash
-from events.settings import Settings
-from worker.commands import command_spec, validate_command
-from worker.dispatch import new_execution_id
-from worker.executor import Executor, StopReason
-from worker.playbook import PreparedPlaybook, prepare_playbook
-from worker.runner import cancel_unstarted, run_command
-from worker.steps import play
+from worker.executor import StopReason
+from worker.notify import notify_in_thread
+from worker.playbook.fanout import run_host_step
+from worker.playbook.run import run_playbook_step
+from worker.runner import TaskStop, run_queued_command
+from worker.runtime import Runtime
+from worker.taskqueue import host_task_id, step_task_id
 
-Listener = Callable[[str, RawEvent], None]
+log = logging.getLogger(__name__)
 
 
-class MemoryBus:
-    def __init__(self, max_events_per_execution: int = 1_000_000) -> None:
+def embedded_worker_name() -> str:
+    return f"embedded@{socket.gethostname()}"
+
+
+class ThreadQueue:
+    """A TaskQueue whose tasks run in daemon threads; `revoke(terminate=True)` stops a running
+    task the way SIGTERM stops it in a pool process."""
+
+    def __init__(self, rt: Runtime, worker: str | None = None) -> None:
+        self.rt = rt
+        self.worker = worker or embedded_worker_name()
         self._lock = threading.Lock()
-        self._history: dict[str, list[RawEvent]] = {}
-        self._records: dict[str, dict[str, str]] = {}
-        self._order: list[str] = []
-        self._listeners: list[Listener] = []
-        self._max = max_events_per_execution
+        self._stops: dict[str, TaskStop] = {}
+        self._threads: set[threading.Thread] = set()
+        self._first_rounds: dict[str, threading.Event] = {}
 
-    # -- Sink
-    def publish(
-        self,
-        payload: WireModel,
-        *,
-        record: Mapping[str, str | int] | None = None,
-        wait: bool = False,
-    ) -> int | None:
-        execution_id: str = payload.execution_id  # type: ignore[attr-defined]
-        name = event_name(payload)
-        head, tail = encode_parts(name, execution_id, payload)
-        with self._lock:
-            rec = self._records.setdefault(execution_id, {"executionId": execution_id})
-            if "completeId" in rec:
-                return None
-            events = self._history.setdefault(execution_id, [])
-            seq = (events[-1].id if events else 0) + 1
-            ev = RawEvent(seq, name, head + str(seq) + tail)
-            if len(events) < self._max:
-                events.append(ev)
-            rec.update({k: str(v) for k, v in (record or {}).items()})
-            if name == "execution_complete":
-                rec["completeId"] = str(seq)
-            listeners = list(self._listeners)
-        for listener in listeners:
-            listener(execution_id, ev)
-        return seq
+    def send_command(self, execution_id: str, queue: str | None) -> None:
+        self._start(execution_id, functools.partial(run_queued_command, self.rt, execution_id))
 
-    # -- records
-    def create(self, execution_id: str, fields: Mapping[str, str]) -> None:
-        with self._lock:
-            self._records[execution_id] = {"executionId": execution_id, **fields}
-            self._order.append(execution_id)
-
-    def record(self, execution_id: str) -> ExecutionRecord | None:
-        with self._lock:
-            raw = dict(self._records.get(execution_id, {}))
-        return record_from_hash(raw) if raw.get("status") else None
-
-    def records(self) -> list[ExecutionRecord]:
-        with self._lock:
-            ids = list(reversed(self._order))
-        return [r for r in (self.record(i) for i in ids) if r is not None]
-
-    def history(self, execution_id: str, after: int = 0) -> list[RawEvent]:
-        with self._lock:
-            return [e for e in self._history.get(execution_id, []) if e.id > after]
-
-    # -- live
-    def add_listener(self, listener: Listener) -> Callable[[], None]:
-        with self._lock:
-            self._listeners.append(listener)
-
-        def remove() -> None:
-            with self._lock, contextlib.suppress(ValueError):
-                self._listeners.remove(listener)
-
-        return remove
-
-    def follow(self, execution_id: str, after: int = 0) -> Iterator[RawEvent]:
-        """History after `after`, then live, until execution_complete."""
-        q: queue.Queue[RawEvent] = queue.Queue()
-        remove = self.add_listener(lambda ex, ev: q.put(ev) if ex == execution_id else None)
-        try:
-            last = after
-            for ev in self.history(execution_id, after):
-                last = ev.id
-                yield ev
-                if ev.terminal:
-                    return
-            while True:
-                ev = q.get()
-                if ev.id <= last:
-                    continue
-                last = ev.id
-                yield ev
-                if ev.terminal:
-                    return
-        finally:
-            remove()
-
-
-class LocalBus(Protocol):
-    """What the embedded dispatcher needs of a bus: a Sink plus record creation and lookup."""
-
-    def publish(
-        self,
-        payload: WireModel,
-        *,
-        record: Mapping[str, str | int] | None = None,
-        wait: bool = False,
-    ) -> int | None: ...
-
-    def create(self, execution_id: str, fields: Mapping[str, str]) -> None: ...
-
-    def record(self, execution_id: str) -> ExecutionRecord | None: ...
-
-
-class RedisBus:
-    """A LocalBus on Redis: the embedded relay runs executions in-process but keeps events and
-    records where the relay reads them (its own in-process Redis, see `cloudops relay
-    --embedded`)."""
-
-    def __init__(self, publisher: Sink, records: RecordStore) -> None:
-        self._publisher = publisher
-        self._records = records
-
-    def publish(
-        self,
-        payload: WireModel,
-        *,
-        record: Mapping[str, str | int] | None = None,
-        wait: bool = False,
-    ) -> int | None:
-        return self._publisher.publish(payload, record=record, wait=wait)
-
-    def create(self, execution_id: str, fields: Mapping[str, str]) -> None:
-        self._records.create_raw(execution_id, fields)
-
-    def record(self, execution_id: str) -> ExecutionRecord | None:
-        return self._records.get(execution_id)
-
-
-class EmbeddedDispatcher:
-    """Runs executions in threads of this process; same events as the Celery fleet."""
-
-    def __init__(self, settings: Settings, bus: LocalBus | None = None) -> None:
-        self.settings = settings
-        self.bus: LocalBus = bus or MemoryBus()
-        self.worker = f"embedded@{socket.gethostname()}"
-        self._executors: dict[str, Executor] = {}
-        self._cancelled: set[str] = set()
-        self._lock = threading.Lock()
-        # max_concurrent: runs holding a slot per playbook name; waiters wait on the condition.
-        self._slots: dict[str, int] = {}
-        self._slot_freed = threading.Condition(self._lock)
-
-    def submit_command(
-        self, command: str, command_type: str, options: ExecutionOptions | None = None
-    ) -> str:
-        validate_command(command, command_type)
-        opts = options or ExecutionOptions()
-        execution_id = new_execution_id()
-        self.bus.create(
-            execution_id,
-            {
-                "command": command,
-                "commandType": command_type,
-                "status": "queued",
-                "options": json.dumps(opts.wire()),
-                "queuedAt": utc_now(),
-            },
-        )
-        ct: CommandType = "aws_cli" if command_type == "aws_cli" else "script"
-        threading.Thread(
-            target=self._run,
-            args=(execution_id, command, ct, opts),
-            name=f"cloudops-{execution_id}",
-            daemon=True,
-        ).start()
-        return execution_id
-
-    def submit_playbook(
-        self,
-        playbook: str | Mapping[str, Any],
-        params: Mapping[str, str] | None = None,
-        *,
-        source: str = "<request>",
-    ) -> str:
-        """Validate (PlaybookError before anything exists), then run it in a thread."""
-        prepared = prepare_playbook(playbook, params, source=source)
-        execution_id = new_execution_id()
-        self.bus.create(
-            execution_id,
-            {
-                "command": prepared.name,
-                "commandType": "playbook",
-                "status": "queued",
-                "options": json.dumps(prepared.options.wire()),
-                "queuedAt": utc_now(),
-                "steps": json.dumps([s.model_dump(by_alias=True) for s in prepared.step_records()]),
-            },
-        )
-        threading.Thread(
-            target=self._run_playbook,
-            args=(execution_id, prepared),
-            name=f"cloudops-{execution_id}",
-            daemon=True,
-        ).start()
-        return execution_id
-
-    def cancel(self, execution_id: str) -> None:
-        rec = self.bus.record(execution_id)
-        if rec is None:
-            raise UnknownExecutionError(execution_id)
-        if rec.terminal:
-            raise ExecutionEndedError(execution_id, rec.status)
-        with self._lock:
-            self._cancelled.add(execution_id)
-            executor = self._executors.get(execution_id)
-            self._slot_freed.notify_all()  # a run waiting for a slot gives up
-        if executor is not None:
-            executor.request_stop(StopReason.CANCELLED)
-
-    def _run(
-        self, execution_id: str, command: str, command_type: CommandType, opts: ExecutionOptions
+    def send_step(
+        self, execution_id: str, index: int, queue: str | None, *, host: str | None = None
     ) -> None:
-        reporter = Reporter(self.bus, execution_id, worker=self.worker)
-        with self._lock:
-            if execution_id in self._cancelled:
-                cancel_unstarted(reporter)
-                return
-        spec = command_spec(command, command_type, opts)
-        run_command(
-            reporter,
-            self.settings,
-            command=command,
-            command_type=command_type,
-            options=opts,
-            spec=spec,
-            watch=self._watcher(execution_id),
-            cancel_confirmed=lambda: execution_id in self._cancelled,
-        )
+        task_id = step_task_id(execution_id, index)
+        self._start(task_id, functools.partial(run_playbook_step, self.rt, execution_id, index))
 
-    def _run_playbook(self, execution_id: str, prepared: PreparedPlaybook) -> None:
-        reporter = Reporter(self.bus, execution_id, worker=self.worker)
-        name, limit = prepared.name, prepared.max_concurrent
-        if not self._take_slot(execution_id, name, limit):
-            cancel_unstarted(reporter)
-            return
-        try:
-            play(
-                reporter,
-                self.settings,
-                name,
-                prepared.options,
-                prepared.steps,
-                watch=self._watcher(execution_id),
-                cancel_confirmed=lambda: execution_id in self._cancelled,
-            )
-        finally:
-            self._release_slot(name, limit)
+    def send_notify(self, execution_id: str) -> None:
+        # Not one of the tasks `join` waits for: a webhook that is down must not hold up the
+        # end of a `cloudops run` for the ten minutes of its retries (see `wait_notified`).
+        done = threading.Event()
 
-    def _take_slot(self, execution_id: str, name: str, limit: int | None) -> bool:
-        """Wait (queued) for one of the playbook's `limit` slots; False if cancelled first."""
-        with self._lock:
-            while limit and self._slots.get(name, 0) >= limit:
-                if execution_id in self._cancelled:
-                    return False
-                self._slot_freed.wait()
-            if execution_id in self._cancelled:
-                return False
-            if limit:
-                self._slots[name] = self._slots.get(name, 0) + 1
-            return True
-
-    def _release_slot(self, name: str, limit: int | None) -> None:
-        if limit:
+        def first_round() -> None:
+            done.set()
             with self._lock:
-                self._slots[name] -= 1
-                self._slot_freed.notify_all()
+                self._first_rounds.pop(execution_id, None)
 
-    def _watcher(self, execution_id: str) -> Callable[[Executor], Any]:
-        """Per attempt: make the executor reachable by cancel(), and stop it if already asked."""
+        with self._lock:
+            self._first_rounds[execution_id] = done
+        notify_in_thread(self.rt, execution_id, first_round)
 
-        @contextlib.contextmanager
-        def watch(executor: Executor) -> Iterator[None]:
-            with self._lock:
-                self._executors[execution_id] = executor
-                if execution_id in self._cancelled:
-                    executor.request_stop(StopReason.CANCELLED)
+    def wait_notified(self, execution_id: str, timeout_s: float) -> bool:
+        """Wait, at most `timeout_s`, for the tasks started so far (the one that ends the
+        execution queues its notification) and for the notification's first round; False if
+        the timeout came first. Retries are not waited for."""
+        deadline = time.monotonic() + timeout_s
+        if not self.join(timeout_s):
+            return False
+        with self._lock:
+            done = self._first_rounds.get(execution_id)
+        return done is None or done.wait(max(0.0, deadline - time.monotonic()))
+
+    def send_host(self, execution_id: str, index: int, host: str) -> None:
+        # One host here: embedded mode's own worker is the only one the registry lists.
+        task_id = host_task_id(execution_id, index, host)
+        self._start(task_id, functools.partial(run_host_step, self.rt, execution_id, index, host))
+
+    def revoke(self, task_id: str, *, terminate: bool) -> None:
+        # A task not yet running needs nothing: its claim refuses a cancelled execution.
+        with self._lock:
+            stop = self._stops.get(task_id)
+        if stop is not None and terminate:
+            stop.request_stop(StopReason.CANCELLED)
+
+    def running(self) -> int:
+        """Tasks running now (the host registry's `running`)."""
+        with self._lock:
+            return len(self._threads)
+
+    def join(self, timeout_s: float | None = None) -> bool:
+        """Wait for every task started so far; False if the timeout came first."""
+        with self._lock:
+            threads = list(self._threads)
+        for t in threads:
+            t.join(timeout_s)
+        return not any(t.is_alive() for t in threads)
+
+    def _start(self, task_id: str, body: Callable[..., str]) -> None:
+        """Run `body(worker=, task_id=, tasks=, stop=)`, a task body, in a thread."""
+        stop = TaskStop()
+
+        def run() -> None:
             try:
-                yield
+                body(worker=self.worker, task_id=task_id, tasks=self, stop=stop)
+            except Exception:
+                log.exception("task %s failed", task_id)
             finally:
                 with self._lock:
-                    self._executors.pop(execution_id, None)
+                    self._stops.pop(task_id, None)
+                    self._threads.discard(threading.current_thread())
 
-        return watch
+        thread = threading.Thread(target=run, name=f"cloudops-{task_id}", daemon=True)
+        with self._lock:
+            self._stops[task_id] = stop
+            self._threads.add(thread)
+        thread.start()

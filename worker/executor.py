@@ -1,9 +1,10 @@
-"""Run one command: start it in its own session, pump its pipes, enforce its deadline, finish.
+"""Run one command: start it under its guard, pump its pipes, enforce its deadline, finish.
 
 The executor knows nothing of Celery or Redis: output goes to an `emit(stream, text)` callback
 (through the coalescer), and a cancel arrives through `request_stop()`, which is safe to call
 from a signal handler or another thread. Whatever the outcome, the pipes are drained to EOF
-and every process of the command's session is dead before `run()` returns.
+and every process the command started is dead before `run()` returns (worker/guard.py; without
+the guard, every process of its session: worker/proctree.py).
 """
 
 from __future__ import annotations
@@ -24,20 +25,17 @@ from enum import StrEnum
 
 from events.coalescer import OutputCoalescer, Stream
 from events.masking import Masker
-from worker.proctree import session_members, signal_session
+from worker.guard import SERVER
+from worker.pipes import Pipes
+from worker.proctree import CommandTree, SessionTree
 
 _READ_BYTES = 256 * 1024
-# A stream whose last read brought less than this trickles: when it alone becomes readable it is
-# held (left unread, its fd out of the poll set) until its chunk is due, so a command printing a
-# line per ms costs one wake-up per chunk instead of one per line. A stream that reads more is
-# drained at every wake-up, so a fast command never waits on us.
-_TRICKLE_BYTES = 16 * 1024
 # Bigger pipes (best effort) so that a held stream that suddenly bursts does not block its
 # writer before the hold ends.
 _PIPE_BYTES = 1024 * 1024
 _F_SETPIPE_SZ = 1031
-# Sets PR_SET_PDEATHSIG so the command's leader dies with the process that runs it: a worker
-# killed with SIGKILL cannot clean up, and the leader must not run on without it.
+# Without the guard: sets PR_SET_PDEATHSIG so the command's leader dies with the process that
+# runs it (a worker killed with SIGKILL cannot clean up, and the leader must not run on).
 _SETPRIV = shutil.which("setpriv")
 
 
@@ -96,9 +94,15 @@ class Executor:
         max_chunk_bytes: int = 64 * 1024,
         kill_grace_s: float = 5.0,
         partial_output_chars: int = 1024 * 1024,
-        on_start: Callable[[int], None] | None = None,
+        on_start: Callable[[CommandTree], None] | None = None,
+        on_end: Callable[[], None] | None = None,
+        guard: bool = True,
+        output_idle: Callable[[], bool] | None = None,
     ) -> None:
         self.spec = spec
+        # Nothing of the execution's output is in flight (Publisher.output_idle): sparse
+        # output then goes out at once (events/coalescer.py). Without it: the fixed window.
+        self._idle = output_idle or _never
         self._emit_cb = emit
         self._tail = _Tail(partial_output_chars)
         self._coalescer = OutputCoalescer(
@@ -109,13 +113,15 @@ class Executor:
         )
         self._grace_s = kill_grace_s
         self._on_start = on_start
+        self._on_end = on_end
+        self._guard = guard
         self._stop_reason: StopReason | None = None
-        self._session_empty = False  # seen empty after the leader ended
         self.reads = 0  # reads of the command's pipes (holding keeps this low; see _pump)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.tree: CommandTree | None = None
+        self._out: tuple[int, int] = (-1, -1)  # the read ends of stdout and stderr
 
     def _emit(self, stream: Stream, text: str) -> None:
         self._tail.add(text)
@@ -139,11 +145,24 @@ class Executor:
                 # Stopped before the command started (a cancel between two attempts of a step).
                 return self._stopped(self._stop_reason, None, t0, "", None)
             return RunResult("failed", None, start_error, _ms(t0))
-        assert self.proc is not None
-        if self._on_start is not None:
-            self._on_start(self.proc.pid)
-        timed_out = self._pump(t0)
-        return self._finish(t0, timed_out)
+        tree = self.tree
+        assert tree is not None
+        try:
+            try:
+                if self._on_start is not None:
+                    self._on_start(tree)
+                timed_out = self._pump(t0)
+            except BaseException:
+                # Whatever went wrong here, the command must not outlive its run.
+                tree.signal(signal.SIGKILL)
+                tree.end(self._grace_s)
+                raise
+            return self._finish(t0, timed_out)
+        finally:
+            for fd in self._out:
+                os.close(fd)
+            if self._on_end is not None:
+                self._on_end()
 
     def close(self) -> None:
         """Release the wake-up pipe. Only once nothing can call request_stop() any more
@@ -162,26 +181,47 @@ class Executor:
         argv = list(spec.argv)
         if shutil.which(argv[0], path=spec.env.get("PATH", os.defpath)) is None:
             return f"command not found: {argv[0]}"
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            self.tree = self._launch(argv, out_w, err_w)
+        except BaseException as e:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            if isinstance(e, OSError):
+                return self._start_error(e)
+            raise
+        finally:
+            for fd in (out_w, err_w):
+                os.close(fd)
+        self._out = (out_r, err_r)
+        return None
+
+    def _launch(self, argv: list[str], out_w: int, err_w: int) -> CommandTree:
+        spec = self.spec
+        if self._guard:
+            return SERVER.launch(argv, spec.env, spec.working_dir, out_w, err_w)
         if _SETPRIV is not None:
             argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
-        try:
-            self.proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=spec.working_dir,
-                env=dict(spec.env),
-                start_new_session=True,
-                close_fds=True,
-            )
-        except FileNotFoundError:
-            return f"command not found: {spec.argv[0]}"
-        except PermissionError:
-            return f"permission denied: {spec.argv[0]}"
-        except OSError as e:
-            return f"could not start {spec.argv[0]}: {e.strerror or e}"
-        return None
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out_w,
+            stderr=err_w,
+            cwd=spec.working_dir,
+            env=dict(spec.env),
+            start_new_session=True,
+            close_fds=True,
+        )
+        return SessionTree(proc)
+
+    def _start_error(self, e: OSError) -> str:
+        argv0 = self.spec.argv[0]
+        if isinstance(e, FileNotFoundError):
+            return f"command not found: {argv0}"
+        if isinstance(e, PermissionError):
+            return f"permission denied: {argv0}"
+        return f"could not start {argv0}: {e.strerror or e}"
 
     def _pump(self, t0: float) -> bool:
         """Read both pipes until EOF; enforce the deadline and stop requests. True on timeout.
@@ -191,22 +231,19 @@ class Executor:
         data the held stream is read first. Only bytes written within one wake-up's latency
         are ambiguous, as without holding.
         """
-        proc = self.proc
-        assert proc is not None and proc.stdout is not None and proc.stderr is not None
+        tree = self.tree
+        assert tree is not None
         sel = selectors.DefaultSelector()
-        streams: dict[int, Stream] = {
-            proc.stdout.fileno(): "stdout",
-            proc.stderr.fileno(): "stderr",
-        }
+        streams: dict[int, Stream] = {self._out[0]: "stdout", self._out[1]: "stderr"}
         for fd in streams:
             os.set_blocking(fd, False)
             with contextlib.suppress(OSError):
                 fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
             sel.register(fd, selectors.EVENT_READ)
         sel.register(self._wake_r, selectors.EVENT_READ)
-        pidfd = _pidfd(proc.pid)
-        if pidfd is not None:
-            sel.register(pidfd, selectors.EVENT_READ)
+        exit_fd = tree.exit_fd()
+        if exit_fd is not None:
+            sel.register(exit_fd, selectors.EVENT_READ)
         deadline = None if self.spec.timeout_s is None else t0 + self.spec.timeout_s
         timed_out = False
         kill_at: float | None = None  # when SIGTERM was sent: SIGKILL at this time
@@ -214,20 +251,21 @@ class Executor:
         # A process that left the session (setsid) may hold our pipes after the leader died;
         # we stop waiting for its EOF this long after the leader's end.
         give_up_at: float | None = None
-        pipes = _Pipes(sel, streams, self._read, self._coalescer.interval_s)
-        leader_exited = pidfd is None  # unknown without a pidfd: ask waitpid every time
+        pipes = Pipes(sel, streams, self._read, self._coalescer.interval_s)
+        leader_exited = exit_fd is None  # unknown without a pidfd: ask waitpid every time
         try:
             while pipes.open:
                 now = time.monotonic()
+                idle = self._idle()
                 may_hold = kill_at is None and not leader_done and self._stop_reason is None
                 if pipes.held and not may_hold:
                     pipes.read_held()
                     continue
                 waits = [
-                    self._coalescer.deadline(),
+                    self._coalescer.deadline(idle),
                     None if timed_out or self._stop_reason else deadline,
                     kill_at,
-                    None if pidfd is not None or leader_done else now + 0.05,
+                    None if exit_fd is not None or leader_done else now + 0.05,
                     give_up_at,
                     pipes.hold_due(),
                 ]
@@ -240,50 +278,57 @@ class Executor:
                         ready.append(fd)
                     elif fd == self._wake_r:
                         _drain(fd)
-                    elif fd == pidfd:
+                    elif fd == exit_fd and tree.readable():
                         sel.unregister(fd)
-                        os.close(fd)
-                        pidfd = None
+                        exit_fd = None
                         leader_exited = True
-                pipes.take(ready, time.monotonic(), may_hold)
+                seen = time.monotonic()
+                idle = self._idle()
+                # What would go out at once is read at once: holding it would only delay it.
+                may_hold = may_hold and not self._coalescer.at_once(seen, idle)
+                pipes.take(ready, seen, may_hold)
                 now = time.monotonic()
                 hold_due = pipes.hold_due()
-                if hold_due is not None and (self._coalescer.due(now) or now >= hold_due):
+                if hold_due is not None and (self._coalescer.due(now, idle) or now >= hold_due):
                     pipes.read_held()
-                if self._coalescer.due(now):
-                    self._coalescer.flush()
+                if self._coalescer.due(now, idle):
+                    self._coalescer.flush(now)
                 if give_up_at is not None and now >= give_up_at:
                     break
                 # With a pidfd, waitpid only once it said the leader ended: a syscall per
                 # wake-up is a tenth of what a chatty command costs us.
-                if not leader_done and leader_exited and proc.poll() is not None:
+                if not leader_done and leader_exited and tree.poll() is not None:
                     leader_done = True
                     give_up_at = now + self._grace_s + 1.0
-                    # The leader is gone: whatever it left in its session goes too, now.
-                    if kill_at is None:
-                        if session_members(proc.pid, None):
-                            signal_session(proc.pid, signal.SIGTERM)
-                            kill_at = now + min(self._grace_s, 1.0)
-                        else:
-                            # Only a member can add a member: an empty session stays empty,
-                            # and _finish need not scan /proc again (half of a short
-                            # command's cost in a worker).
-                            self._session_empty = True
-                if kill_at is None and (
-                    self._stop_reason is not None or (deadline is not None and now >= deadline)
-                ):
-                    timed_out = self._stop_reason is None
-                    signal_session(proc.pid, signal.SIGTERM, proc.pid)
-                    kill_at = now + self._grace_s
-                elif kill_at is not None and now >= kill_at:
-                    signal_session(proc.pid, signal.SIGKILL, proc.pid)
-                    kill_at = now + 0.2  # again, for anything forked meanwhile
+                    # The leader is gone: whatever it left running goes too, now.
+                    if kill_at is None and tree.leftovers():
+                        tree.signal(signal.SIGTERM)
+                        kill_at = now + min(self._grace_s, 1.0)
+                kill_at, timed_out = self._escalate(tree, now, deadline, kill_at, timed_out)
         finally:
             sel.close()
-            if pidfd is not None:
-                os.close(pidfd)
         self._coalescer.close(time.monotonic())
         return timed_out
+
+    def _escalate(
+        self,
+        tree: CommandTree,
+        now: float,
+        deadline: float | None,
+        kill_at: float | None,
+        timed_out: bool,
+    ) -> tuple[float | None, bool]:
+        """SIGTERM the tree on a stop request or at the deadline, SIGKILL it after the grace
+        period; returns when to SIGKILL (again) and whether it timed out."""
+        if kill_at is None and (
+            self._stop_reason is not None or (deadline is not None and now >= deadline)
+        ):
+            tree.signal(signal.SIGTERM)
+            return now + self._grace_s, self._stop_reason is None
+        if kill_at is not None and now >= kill_at:
+            tree.signal(signal.SIGKILL)
+            return now + 0.2, timed_out  # again, for anything forked meanwhile
+        return kill_at, timed_out
 
     def _read(self, fd: int, stream: Stream, seen: float) -> int | None:
         """One read: the bytes it brought, None at EOF. `seen`: when they were known to be
@@ -301,27 +346,22 @@ class Executor:
         return len(data)
 
     def _finish(self, t0: float, timed_out: bool) -> RunResult:
-        proc = self.proc
-        assert proc is not None
-        code = proc.wait()
-        # The pipes are closed, but a member that closed them may still live: make sure.
-        deadline = time.monotonic() + self._grace_s
-        while not self._session_empty and session_members(proc.pid):
-            if time.monotonic() >= deadline:
-                break
-            signal_session(proc.pid, signal.SIGKILL)
-            time.sleep(0.01)
+        tree = self.tree
+        assert tree is not None
+        code = tree.wait()
+        tree.end(self._grace_s)
+        pid = tree.pid
         exit_code = code if code >= 0 else 128 - code
         reason = self._stop_reason
         partial = self._tail.text()
         if reason is not None:
-            return self._stopped(reason, exit_code, t0, partial, proc.pid)
+            return self._stopped(reason, exit_code, t0, partial, pid)
         if timed_out:
             err = f"timed out after {self.spec.timeout_s:g} s"
-            return RunResult("timeout", exit_code, err, _ms(t0), None, partial, proc.pid)
+            return RunResult("timeout", exit_code, err, _ms(t0), None, partial, pid)
         if code == 0:
-            return RunResult("completed", 0, None, _ms(t0), None, partial, proc.pid)
-        return RunResult("failed", exit_code, _exit_error(code), _ms(t0), None, partial, proc.pid)
+            return RunResult("completed", 0, None, _ms(t0), None, partial, pid)
+        return RunResult("failed", exit_code, _exit_error(code), _ms(t0), None, partial, pid)
 
     @staticmethod
     def _stopped(
@@ -350,61 +390,12 @@ def _exit_error(code: int) -> str:
     return f"exit code {code}"
 
 
+def _never() -> bool:
+    return False
+
+
 def _ms(t0: float) -> int:
     return int((time.monotonic() - t0) * 1000)
-
-
-class _Pipes:
-    """The command's stdout and stderr while the pump reads them: which are still open, and
-    the holding of a trickling one (see _TRICKLE_BYTES and Executor._pump)."""
-
-    def __init__(
-        self,
-        sel: selectors.BaseSelector,
-        streams: dict[int, Stream],
-        read: Callable[[int, Stream, float], int | None],
-        interval_s: float,
-    ) -> None:
-        self._sel = sel
-        self._streams = streams
-        self._read = read
-        self._interval_s = interval_s
-        self.open = set(streams)
-        self.held: dict[int, float] = {}  # fd -> when it was seen readable, left unread
-        self._trickles = dict.fromkeys(streams, False)
-
-    def hold_due(self) -> float | None:
-        """When the held stream must be read, or None."""
-        return min(self.held.values()) + self._interval_s if self.held else None
-
-    def take(self, ready: list[int], seen: float, may_hold: bool) -> None:
-        """Streams the poll found readable at `seen`: hold the one trickling stream, or read."""
-        if not ready:
-            return
-        fd = ready[0]
-        if may_hold and len(ready) == 1 and not self.held and self._trickles[fd]:
-            self.held[fd] = seen
-            self._sel.unregister(fd)
-            return
-        self.read_held()  # what was held came before what is ready now
-        for fd in ready:
-            self._read_one(fd, seen)
-
-    def read_held(self) -> None:
-        for fd, seen in sorted(self.held.items(), key=lambda kv: kv[1]):
-            self._read_one(fd, seen)  # while still held: its fd is out of the poll set
-            del self.held[fd]
-            if fd in self.open:
-                self._sel.register(fd, selectors.EVENT_READ)
-
-    def _read_one(self, fd: int, seen: float) -> None:
-        n = self._read(fd, self._streams[fd], seen)
-        if n is None:
-            self.open.discard(fd)
-            if fd not in self.held:
-                self._sel.unregister(fd)
-        elif n:
-            self._trickles[fd] = n < _TRICKLE_BYTES
 
 
 def _drain(fd: int) -> None:
@@ -413,10 +404,3 @@ def _drain(fd: int) -> None:
             pass
     except OSError:
         pass
-
-
-def _pidfd(pid: int) -> int | None:
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        return None

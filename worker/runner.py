@@ -1,30 +1,35 @@
-"""Run one execution from start to its single `execution_complete`.
+"""Run one command execution from its claim to its single `execution_complete`.
 
-`run_command` is shared by the Celery task and the embedded mode: started, output, then
-cancelled + complete or complete. `run_queued_command` adds what a fleet needs: claiming the
-execution in Redis (so it runs once, and never after a cancel), a watchdog, and releasing it.
+`run_queued_command` is the body of the command task, on a Celery worker and in embedded mode
+alike: claim the execution in Redis (so it runs once, and never after a cancel), publish
+started, run the command under a watchdog, publish cancelled + complete or complete, and let
+go of it (worker.finish). The pieces shared with playbook steps (stops, masking, classifying a
+stop nobody asked for) live here too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 from events.lifecycle import Reporter
 from events.masking import Masker
-from events.models import CommandType, ExecutionOptions, utc_now
+from events.models import ExecutionOptions, utc_now
 from events.settings import Settings
+from events.vocabulary import CommandType, Outcome, RecordField, Status
 from worker.commands import command_spec
 from worker.executor import CommandSpec, Executor, RunResult, StopReason
-from worker.finish import StepSender, finish
-from worker.proctree import alive
+from worker.finish import finish
+from worker.leftovers import HostRecord, host_dir
+from worker.proctree import CommandTree, parent_died
 from worker.runtime import Runtime
+from worker.taskqueue import TaskQueue
 from worker.watchdog import Watchdog, lease_kept
 
 log = logging.getLogger(__name__)
@@ -43,17 +48,29 @@ def executor_for(
     reporter: Reporter,
     settings: Settings,
     masker: Masker,
-    on_start: Callable[[int], None] | None = None,
+    on_start: Callable[[CommandTree], None] | None = None,
 ) -> Executor:
+    """The executor of one command of an execution, its processes on the host's record."""
+    where = host_dir(settings.state_dir, settings.key_prefix, reporter.worker or "embedded")
+    record = HostRecord(where, reporter.execution_id)
+
+    def started(tree: CommandTree) -> None:
+        record.write(tree)
+        if on_start is not None:
+            on_start(tree)
+
     return Executor(
         spec,
-        reporter.output,
+        reporter.masked_output,
         masker=masker,
         flush_interval_ms=settings.flush_interval_ms,
         max_chunk_bytes=settings.max_chunk_bytes,
         kill_grace_s=settings.kill_grace_s,
-        partial_output_chars=settings.partial_output_bytes,
-        on_start=on_start,
+        partial_output_chars=settings.partial_output_chars,
+        on_start=started,
+        on_end=record.remove,
+        guard=settings.guard,
+        output_idle=reporter.output_idle,
     )
 
 
@@ -120,14 +137,13 @@ def report_result(
 ) -> str:
     """Publish how the run ended; return the execution's status."""
     classify_stop(result, cancel_confirmed=cancel_confirmed, parent_pid=parent_pid)
-    if result.status == "cancelled":
+    status = Status(result.status)
+    if status is Status.CANCELLED:
         reporter.cancelled(CANCEL_REASON, result.partial_output)
-        reporter.complete("cancelled", started_at, wait=wait)
-        return "cancelled"
-    status = result.status
-    assert status in ("completed", "failed", "timeout")
-    exit_code = result.exit_code if status in ("completed", "failed") else None
-    reporter.complete(status, started_at, exit_code=exit_code, error=result.error, wait=wait)  # type: ignore[arg-type]
+        reporter.complete(Status.CANCELLED, started_at, wait=wait)
+        return status
+    exit_code = result.exit_code if status in (Status.COMPLETED, Status.FAILED) else None
+    reporter.complete(status, started_at, exit_code=exit_code, error=result.error, wait=wait)
     return status
 
 
@@ -146,45 +162,6 @@ def classify_stop(
     return result
 
 
-def parent_died(parent_pid: int, wait_s: float = 1.0) -> bool:
-    """Whether the worker's main process died. The parent-death SIGTERM comes when the thread
-    that forked us exits, possibly before the process is gone and we are re-parented: give it
-    a moment before deciding it was a shutdown."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        if os.getppid() != parent_pid or not alive(parent_pid):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-
-
-def run_command(
-    reporter: Reporter,
-    settings: Settings,
-    *,
-    command: str,
-    command_type: CommandType,
-    options: ExecutionOptions,
-    spec: CommandSpec,
-    watch: Callable[[Executor], contextlib.AbstractContextManager[Any]],
-    cancel_confirmed: Callable[[], bool],
-    on_start: Callable[[int], None] | None = None,
-) -> str:
-    masker = masker_for(settings, spec.env)
-    parent_pid = os.getppid()
-    started_at = reporter.started(masker.mask(command), command_type, options)
-    executor = executor_for(spec, reporter, settings, masker, on_start)
-    try:
-        with watch(executor), sigterm_stops(executor):
-            result = executor.run()
-    finally:
-        executor.close()
-    return report_result(
-        reporter, result, started_at, cancel_confirmed=cancel_confirmed, parent_pid=parent_pid
-    )
-
-
 def cancel_unstarted(
     reporter: Reporter,
     *,
@@ -197,71 +174,115 @@ def cancel_unstarted(
     `partial_output` what its steps printed."""
     at = started_at or utc_now()
     reporter.cancelled(CANCEL_REASON, partial_output)
-    reporter.complete("cancelled", at, wait=wait)
+    reporter.complete(Status.CANCELLED, at, wait=wait)
 
 
-def pid_recorder(rt: Runtime, execution_id: str) -> Callable[[int], None]:
+def pid_recorder(rt: Runtime, execution_id: str) -> Callable[[CommandTree], None]:
     """Record the command's and the pool process's pids (for the reaper of this host)."""
 
-    def on_start(pid: int) -> None:
+    def on_start(tree: CommandTree) -> None:
         with contextlib.suppress(Exception):
-            rt.records.update(execution_id, {"pid": pid, "workerPid": os.getpid()})
+            rt.records.update(
+                execution_id, {RecordField.PID: tree.pid, RecordField.WORKER_PID: os.getpid()}
+            )
 
     return on_start
 
 
 def run_queued_command(
-    rt: Runtime, execution_id: str, *, worker: str, task_id: str, send: StepSender
+    rt: Runtime,
+    execution_id: str,
+    *,
+    worker: str,
+    task_id: str,
+    tasks: TaskQueue,
+    stop: TaskStop | None = None,
 ) -> str:
-    """The Celery task's body: claim, run, report, release."""
+    """The command task's body: claim, run, report, release. `stop` lets the caller stop it
+    (embedded mode's revoke); on a worker a revoke arrives as SIGTERM."""
     claim = rt.records.claim(execution_id, worker, task_id)
     reporter = Reporter(rt.publisher, execution_id, worker=worker)
-    if claim == "cancel":
+    if claim == Outcome.CANCEL:
         cancel_unstarted(reporter)
         rt.publisher.flush(30)
-        finish(rt, execution_id, send)
-        return "cancelled"
-    if claim != "ok":
+        finish(rt, execution_id, tasks)
+        return Status.CANCELLED
+    if claim != Outcome.OK:
         # Already ended, already running elsewhere, or unknown: never run twice.
         log.info("execution %s not run: %s", execution_id, claim)
         return claim
-    stop = TaskStop()
+    stop = stop or TaskStop()
     try:
         with sigterm_stops(stop):
-            try:
-                spec_data = rt.records.spec(execution_id) or {}
-                options = ExecutionOptions.model_validate(spec_data.get("options") or {})
-                command = str(spec_data.get("command", ""))
-                command_type = spec_data.get("commandType", "script")
-                spec = command_spec(command, command_type, options)
-            except Exception as e:
-                # A claimed execution always ends: never leave its record 'running'.
-                log.exception("execution %s cannot start", execution_id)
-                reporter.complete("failed", utc_now(), error=f"could not start: {e}")
-                return "failed"
-
-            @contextlib.contextmanager
-            def watch(executor: Executor) -> Iterator[None]:
-                with stop.attached(executor), Watchdog(rt, execution_id, worker, executor):
-                    yield
-
-            return run_command(
-                reporter,
-                rt.settings,
-                command=command,
-                command_type=command_type,
-                options=options,
-                spec=spec,
-                watch=watch,
-                cancel_confirmed=lambda: cancel_confirmed_in(rt, execution_id),
-                on_start=pid_recorder(rt, execution_id),
-            )
+            return _run_claimed(rt, reporter, execution_id, worker, stop)
     finally:
         with lease_kept(rt, execution_id, worker):
             rt.publisher.flush(60)
         rt.publisher.forget(execution_id)
         with contextlib.suppress(Exception):
-            finish(rt, execution_id, send)
+            finish(rt, execution_id, tasks)
+
+
+def _run_claimed(
+    rt: Runtime, reporter: Reporter, execution_id: str, worker: str, stop: TaskStop
+) -> str:
+    # Whatever is published from here is masked: the worker's own secrets first, the
+    # command's environment's too once it is known.
+    reporter.masker = masker_for(rt.settings, {})
+    try:
+        spec_data = rt.records.spec(execution_id) or {}
+        options = ExecutionOptions.model_validate(spec_data.get("options") or {})
+        command = str(spec_data.get("command", ""))
+        command_type = CommandType(spec_data.get("commandType", CommandType.SCRIPT))
+        spec = command_spec(command, command_type, options)
+    except Exception as e:
+        # A claimed execution always ends: never leave its record 'running'.
+        log.exception("execution %s cannot start", execution_id)
+        reporter.complete(Status.FAILED, utc_now(), error=f"could not start: {e}")
+        return Status.FAILED
+
+    watch = watched(rt, execution_id, worker, stop)
+    masker = masker_for(rt.settings, spec.env)
+    reporter.masker = masker
+    parent_pid = os.getppid()
+    started_at = reporter.started(command, command_type, options)
+    _mask_spec(rt, execution_id, spec_data, masker)
+    executor = executor_for(spec, reporter, rt.settings, masker, pid_recorder(rt, execution_id))
+    try:
+        with watch(executor):
+            result = executor.run()
+    finally:
+        executor.close()
+    return report_result(
+        reporter,
+        result,
+        started_at,
+        cancel_confirmed=lambda: cancel_confirmed_in(rt, execution_id),
+        parent_pid=parent_pid,
+    )
+
+
+def _mask_spec(rt: Runtime, execution_id: str, spec: dict[str, object], masker: Masker) -> None:
+    """The spec holds the command as submitted, for the one worker that runs it: once it
+    started, nothing needs it in clear (a command never runs twice)."""
+    masked = masker.mask_value(spec)
+    if masked != spec:
+        with contextlib.suppress(Exception):
+            rt.records.update(execution_id, {RecordField.SPEC: json.dumps(masked)})
+
+
+def watched(
+    rt: Runtime, execution_id: str, worker: str, stop: TaskStop
+) -> Callable[[Executor], contextlib.AbstractContextManager[None]]:
+    """What watches each command of a task: its stop (a revoke's SIGTERM) and the watchdog
+    (lease, cancel mark, a dead worker)."""
+
+    @contextlib.contextmanager
+    def watch(executor: Executor) -> Iterator[None]:
+        with stop.attached(executor), Watchdog(rt, execution_id, worker, executor):
+            yield
+
+    return watch
 
 
 def cancel_confirmed_in(rt: Runtime, execution_id: str) -> bool:

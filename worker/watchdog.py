@@ -13,10 +13,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
-from types import TracebackType
+from collections.abc import Callable, Iterator
 
 from worker.executor import Executor, StopReason
+from worker.proctree import parent_died
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -36,12 +36,7 @@ class Watchdog:
         self._thread.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
 
@@ -53,7 +48,7 @@ class Watchdog:
         # cancelled command gets up to kill_grace_s before SIGKILL, and a reaper must not
         # declare a run lost while it is still ending.
         while not self._stop.wait(s.cancel_poll_interval_s):
-            if not stopping and os.getppid() != self._parent:
+            if not stopping and parent_died(self._parent, wait_s=0.0):
                 log.error("worker process gone; stopping execution %s", self._execution_id)
                 self._executor.request_stop(StopReason.WORKER_LOST)
                 stopping = True
@@ -73,14 +68,26 @@ class Watchdog:
 def lease_kept(rt: Runtime, execution_id: str, worker: str) -> Iterator[None]:
     """Renew the lease while the block runs: after the command ended, publishing a backlog of
     events can outlast the lease under load, and a reaper must not declare a live run lost."""
+    with renewed(
+        lambda: rt.records.renew_lease(execution_id, worker), rt.settings.heartbeat_interval_s
+    ):
+        yield
+
+
+@contextlib.contextmanager
+def renewed(renew: Callable[[], None], interval_s: float) -> Iterator[None]:
+    """Call `renew` now and every `interval_s` while the block runs (a lease kept fresh);
+    a failed renewal is tried again at the next beat."""
     stop = threading.Event()
 
-    def renew() -> None:
-        while not stop.wait(rt.settings.heartbeat_interval_s):
+    def loop() -> None:
+        while True:
             with contextlib.suppress(Exception):
-                rt.records.renew_lease(execution_id, worker)
+                renew()
+            if stop.wait(interval_s):
+                return
 
-    thread = threading.Thread(target=renew, name="cloudops-lease", daemon=True)
+    thread = threading.Thread(target=loop, name="cloudops-lease", daemon=True)
     thread.start()
     try:
         yield

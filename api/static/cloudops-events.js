@@ -22,9 +22,13 @@
  *   (a reconnect, a missed message) is filled from the relay's history before later events are
  *   delivered. Events of an execution first seen mid-way start where they were first seen.
  * - Transport: one WebSocket to `/api/ws`. With `token` the client first trades it for a
- *   short-lived stream ticket (`POST /api/stream-tickets`), so the token never sits in a URL;
+ *   short-lived, single-use stream ticket (`POST /api/stream-tickets`) for every execution at
+ *   each (re)connect, so the token never sits in a URL;
  *   without `fetch` it falls back to `?token=`. It reconnects with backoff (0.25 s doubling to
  *   5 s) and resumes every unfinished execution from its last id by itself.
+ * - Every event name is delivered the same way: the spec's six, and the two of steps that run
+ *   on many hosts (`playbook_host_start`, `playbook_host_complete`, CONTRACT §7), which a
+ *   frontend written to the spec simply never listens to.
  * - `client.close()` stops everything. `onError(error)` hears what cannot be retried (a token
  *   the relay refuses: the client then stops reconnecting).
  */
@@ -128,9 +132,12 @@ export class CloudOpsClient {
     if (typeof this.ticket === "function") return { ticket: await this.ticket() };
     if (this.ticket) return { ticket: this.ticket };
     if (this.token && typeof fetch === "function") {
+      // One ticket per connection (a ticket is accepted once), for every execution: the
+      // socket listens to "*" and follows any execution on it.
       const res = await fetch(new URL("/api/stream-tickets", this.baseUrl), {
         method: "POST",
-        headers: { Authorization: `Bearer ${this.token}` },
+        headers: { Authorization: `Bearer ${this.token}`, "Content-Type": "application/json" },
+        body: JSON.stringify({ executionId: "*" }),
       });
       if (res.status === 401 || res.status === 403) {
         const err = new Error(`cloudops-events: the relay refused the token (${res.status})`);

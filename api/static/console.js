@@ -11,6 +11,7 @@
 import { connect } from "/cloudops-events.js";
 import { Executions, TERMINAL_STATUSES } from "/static/executions.js";
 import { fmtDuration, fmtTime } from "/static/format.js";
+import { HostsPanel } from "/static/hosts.js";
 import { TerminalView } from "/static/terminal.js";
 
 const TOKEN_KEY = "cloudops.token";
@@ -34,6 +35,10 @@ const app = {
   view: null, // TerminalView
   rows: new Map(), // executionId -> <li>
   filter: "", // the list's status filter: "", "active" or a status
+  search: "", // the list's search box: a substring of the command (the relay's `q`)
+  nextCursor: null, // X-Next-Cursor of the last page loaded: older executions to fetch
+  loadingMore: false,
+  maxRows: MAX_ROWS, // grows as the user scrolls to older pages
   frame: 0,
   dirtyRows: new Set(),
   listOrderDirty: false,
@@ -76,7 +81,11 @@ class HttpError extends Error {
   }
 }
 
-async function api(path, { method = "GET", body } = {}) {
+async function api(path, options = {}) {
+  return (await apiResponse(path, options)).json();
+}
+
+async function apiResponse(path, { method = "GET", body } = {}) {
   const init = { method, headers: authHeaders() };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
@@ -94,9 +103,49 @@ async function api(path, { method = "GET", body } = {}) {
     } catch {
       detail = res.statusText;
     }
-    throw new HttpError(res.status, typeof detail === "string" ? detail : JSON.stringify(detail));
+    // A refused playbook lists every problem ({loc, msg}): one line each.
+    const text = Array.isArray(detail)
+      ? detail.map((p) => p?.msg ?? JSON.stringify(p)).join("\n")
+      : typeof detail === "string" ? detail : JSON.stringify(detail);
+    throw new HttpError(res.status, text);
   }
-  return res.json();
+  return res;
+}
+
+// -- the list's pages: newest first, the search box as `q`, older pages on scroll ------------
+function listPath(cursor) {
+  const params = new URLSearchParams({ limit: String(LIST_LIMIT) });
+  if (app.search) params.set("q", app.search);
+  if (cursor) params.set("cursor", cursor);
+  return `/api/executions?${params}`;
+}
+
+async function loadPage(cursor) {
+  const res = await apiResponse(listPath(cursor));
+  const records = await res.json();
+  app.nextCursor = res.headers.get("X-Next-Cursor");
+  for (const rec of records) app.store.mergeRecord(app.store.get(rec.executionId), rec);
+  app.listOrderDirty = true;
+  schedule();
+  return records;
+}
+
+async function loadOlder() {
+  if (!app.nextCursor || app.loadingMore) return;
+  app.loadingMore = true;
+  try {
+    const records = await loadPage(app.nextCursor);
+    app.maxRows += records.length;
+  } catch {
+    /* the relay is down: the next scroll tries again */
+  } finally {
+    app.loadingMore = false;
+  }
+}
+
+function nearListEnd() {
+  const list = $("executions");
+  return list.scrollTop + list.clientHeight >= list.scrollHeight - 80;
 }
 
 async function eventStream(path, signal) {
@@ -155,8 +204,8 @@ function renderListOrder() {
   const list = $("executions");
   const store = app.store;
   let all = [...store.all.values()].sort((a, b) => sortKey(b) - sortKey(a));
-  if (all.length > MAX_ROWS) {
-    for (const x of all.slice(MAX_ROWS)) {
+  if (all.length > app.maxRows) {
+    for (const x of all.slice(app.maxRows)) {
       if (x === store.selected || !TERMINAL_STATUSES.has(x.status)) continue;
       store.forget(x);
       app.rows.get(x.id)?.remove();
@@ -209,8 +258,12 @@ function statusLabel(x) {
 }
 
 function shown(x) {
+  if (x === app.store.selected) return true;
+  if (app.search && !(x.command || "").toLowerCase().includes(app.search.toLowerCase())) {
+    return false;
+  }
   const f = app.filter;
-  if (!f || x === app.store.selected) return true;
+  if (!f) return true;
   return f === "active" ? !TERMINAL_STATUSES.has(x.status) : x.status === f;
 }
 
@@ -457,10 +510,7 @@ function trackedWebSocket() {
 
 async function refreshList() {
   try {
-    const { executions } = await api(`/api/executions?limit=${LIST_LIMIT}`);
-    for (const rec of executions) app.store.mergeRecord(app.store.get(rec.executionId), rec);
-    app.listOrderDirty = true;
-    schedule();
+    await loadPage(null);
   } catch {
     /* the relay is down; the next reconnect refreshes again */
   }
@@ -609,6 +659,18 @@ function setupForms() {
     for (const id of app.rows.keys()) app.dirtyRows.add(id);
     schedule();
   });
+  let searchTimer = 0;
+  $("list-search").addEventListener("input", (e) => {
+    app.search = e.currentTarget.value.trim();
+    for (const id of app.rows.keys()) app.dirtyRows.add(id);
+    schedule();
+    // The relay searches everything it keeps (its database too): ask once typing pauses.
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(() => loadPage(null).catch(() => {}), 250);
+  });
+  $("executions").addEventListener("scroll", () => {
+    if (nearListEnd()) loadOlder();
+  });
   $("notify-toggle").addEventListener("click", askNotificationPermission);
   $("sign-out").addEventListener("click", () => signOut());
 }
@@ -634,9 +696,9 @@ function signOut(message) {
 async function start(token) {
   app.token = token;
   const gateError = $("token-error");
-  let executions;
+  let first;
   try {
-    ({ executions } = await api(`/api/executions?limit=${LIST_LIMIT}`));
+    first = await apiResponse(listPath(null));
   } catch (e) {
     app.token = null;
     gateError.textContent =
@@ -666,7 +728,15 @@ async function start(token) {
   });
   setupForms();
   renderNotifyButton();
-  for (const rec of executions) app.store.mergeRecord(app.store.get(rec.executionId), rec);
+  new HostsPanel({
+    getJson: (path) => api(path),
+    listEl: $("hosts"),
+    countEl: $("hosts-count"),
+    emptyEl: $("hosts-empty"),
+    errorEl: $("hosts-error"),
+  }).start();
+  app.nextCursor = first.headers.get("X-Next-Cursor");
+  for (const rec of await first.json()) app.store.mergeRecord(app.store.get(rec.executionId), rec);
   app.listOrderDirty = true;
   schedule();
 

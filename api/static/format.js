@@ -18,3 +18,12 @@ export function fmtTime(iso) {
   const today = d.toDateString() === new Date().toDateString();
   return today ? time : `${d.toLocaleDateString()} ${time}`;
 }
+
+/** "12 s ago", "5 m ago", "3 h ago": how long since `iso`. */
+export function fmtAgo(iso) {
+  const ms = Date.now() - Date.parse(iso);
+  if (Number.isNaN(ms)) return "";
+  if (ms < 60_000) return `${Math.max(0, Math.round(ms / 1000))} s ago`;
+  if (ms < 3_600_000) return `${Math.floor(ms / 60_000)} m ago`;
+  return `${Math.floor(ms / 3_600_000)} h ago`;
+}

@@ -43,6 +43,28 @@ function xterm256(n) {
   return `${level(Math.floor(i / 36))},${level(Math.floor(i / 6) % 6)},${level(i % 6)}`;
 }
 
+// 24-bit and 256-colour SGR colours become classes (`fr-10-20-250`, `gr-...`) whose rules are
+// added once each through the CSSOM: the console's Content-Security-Policy allows no inline
+// style attribute, and CSP does not govern rules inserted into a constructed stylesheet.
+const RGB_CLASSES = new Set();
+let rgbSheet = null;
+
+function rgbClass(kind, rgb) {
+  const name = `${kind}r-${rgb.replaceAll(",", "-")}`;
+  if (!RGB_CLASSES.has(name)) {
+    RGB_CLASSES.add(name);
+    if (typeof document !== "undefined" && typeof CSSStyleSheet === "function") {
+      if (!rgbSheet) {
+        rgbSheet = new CSSStyleSheet();
+        document.adoptedStyleSheets = [...document.adoptedStyleSheets, rgbSheet];
+      }
+      const prop = kind === "f" ? "color" : "background-color";
+      rgbSheet.insertRule(`.${name} { ${prop}: rgb(${rgb}); }`, rgbSheet.cssRules.length);
+    }
+  }
+  return name;
+}
+
 function clampByte(v) {
   return Math.max(0, Math.min(255, Number.isFinite(v) ? v : 0));
 }
@@ -100,23 +122,16 @@ export class AnsiState {
     }
   }
 
-  /** The class list and inline style of text written now on `streamClass` ("o" or "e"). */
+  /** The class list of text written now on `streamClass` ("o" or "e"). */
   look(streamClass) {
     let cls = streamClass;
-    let style = "";
-    if (this.fg) {
-      if (this.fg.pal !== undefined) cls += ` f${this.fg.pal}`;
-      else style += `color:rgb(${this.fg.rgb});`;
-    }
-    if (this.bg) {
-      if (this.bg.pal !== undefined) cls += ` g${this.bg.pal}`;
-      else style += `background-color:rgb(${this.bg.rgb});`;
-    }
+    if (this.fg) cls += this.fg.pal !== undefined ? ` f${this.fg.pal}` : ` ${rgbClass("f", this.fg.rgb)}`;
+    if (this.bg) cls += this.bg.pal !== undefined ? ` g${this.bg.pal}` : ` ${rgbClass("g", this.bg.rgb)}`;
     if (this.bold) cls += " b";
     if (this.dim) cls += " d";
     if (this.italic) cls += " i";
     if (this.underline) cls += " u";
-    return { cls, style };
+    return cls;
   }
 }
 
@@ -124,17 +139,16 @@ function segmentsHtml(segments) {
   let html = "";
   let i = 0;
   while (i < segments.length) {
-    const { cls, style } = segments[i];
+    const { cls } = segments[i];
     let text = segments[i].text;
     // Neighbours that look the same become one span.
     let next = segments[i + 1];
-    while (next && next.cls === cls && next.style === style) {
+    while (next && next.cls === cls) {
       text += next.text;
       next = segments[++i + 1];
     }
     i++;
-    const styleAttr = style ? ` style="${style}"` : "";
-    html += `<span class="${cls}"${styleAttr}>${escapeHtml(text)}</span>`;
+    html += `<span class="${cls}">${escapeHtml(text)}</span>`;
   }
   return html;
 }
@@ -143,7 +157,7 @@ export class Term {
   constructor() {
     this.lines = []; // HTML of finished lines; lines[i] is line number base + i
     this.base = 0; // finished lines dropped from the front (older than the last MAX_LINES)
-    this.open = []; // segments of the unfinished last line: {text, cls, style}
+    this.open = []; // segments of the unfinished last line: {text, cls}
     this.openChars = 0;
     this.openStderr = false;
     this.streams = { stdout: new AnsiState(), stderr: new AnsiState() };
@@ -200,8 +214,8 @@ export class Term {
   _text(raw, state, streamClass) {
     const text = raw.replace(CONTROLS, "");
     if (!text) return;
-    const { cls, style } = state.look(streamClass);
-    this.open.push({ text, cls, style });
+    const cls = state.look(streamClass);
+    this.open.push({ text, cls });
     this.openChars += text.length;
     if (streamClass === "e") this.openStderr = true;
     if (this.openChars > OPEN_LINE_MAX_CHARS) this._newline();
@@ -270,6 +284,9 @@ export class TerminalView {
     // position too (clamped to the bottom when a slow frame replaced every line on screen):
     // a scroll event with no user input just before it changes nothing.
     this._userInputAt = -Infinity;
+    // A wheel turned up just now: the scroll events that follow it never resume auto-scroll,
+    // even at the bottom (the flood's trimming can clamp the view there meanwhile).
+    this._upAt = -Infinity;
     this._dragging = false;
     const input = () => (this._userInputAt = performance.now());
     // Scrolling up is an intent to read: pause at once, before a frame scrolls to the bottom.
@@ -277,6 +294,7 @@ export class TerminalView {
       "wheel",
       (e) => {
         input();
+        this._upAt = e.deltaY < 0 ? performance.now() : -Infinity;
         if (e.deltaY < 0) this._pause();
       },
       { passive: true },
@@ -430,6 +448,7 @@ export class TerminalView {
     if (!byUser) return;
     const s = this.scroller;
     const atBottom = s.scrollHeight - s.scrollTop - s.clientHeight < 24;
+    if (atBottom && performance.now() - this._upAt < USER_SCROLL_MS) return;
     if (atBottom !== this.stick) {
       this.stick = atBottom;
       this._showFollow();

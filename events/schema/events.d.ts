@@ -27,6 +27,8 @@ export interface ExecutionOutputPayload {
   timestamp: string;
   /** Extra (not in the spec): the playbook step that wrote this output */
   stepId?: string;
+  /** Extra (not in the spec): the host that wrote this output (a step that runs on many hosts) */
+  host?: string;
   /** Extra (not in the spec): true on the chunk that hit the output cap; no output of this execution follows it */
   truncated?: boolean;
   /** Extra (not in the spec): UTF-8 bytes of output dropped just before this chunk (publish buffer full while Redis was unreachable) */
@@ -63,6 +65,8 @@ export interface PlaybookStepStartPayload {
   attempt?: number;
   /** Extra (not in the spec): the host of the worker that ran it */
   worker?: string;
+  /** Extra (not in the spec): a step that runs on many hosts: the hosts it runs on, resolved when it started */
+  hosts?: string[];
 }
 
 export interface PlaybookStepCompletePayload {
@@ -79,6 +83,28 @@ export interface PlaybookStepCompletePayload {
   attempts?: number;
   /** Extra (not in the spec): the host of the worker that ran it */
   worker?: string;
+  /** Extra (not in the spec): a step that ran on many hosts: how many hosts ended in each status */
+  hostCounts?: Record<string, unknown>;
+}
+
+export interface PlaybookHostStartPayload {
+  executionId: string;
+  stepId: string;
+  stepNumber: number;
+  host: string;
+  attempt: number;
+}
+
+export interface PlaybookHostCompletePayload {
+  executionId: string;
+  stepId: string;
+  stepNumber: number;
+  host: string;
+  status: 'completed' | 'failed' | 'timeout' | 'cancelled' | 'skipped' | 'lost';
+  success: boolean;
+  exitCode?: number;
+  durationMs: number;
+  error?: string;
 }
 
 export type ExecutionEventName =
@@ -87,7 +113,9 @@ export type ExecutionEventName =
   | 'execution_complete'
   | 'execution_cancelled'
   | 'playbook_step_start'
-  | 'playbook_step_complete';
+  | 'playbook_step_complete'
+  | 'playbook_host_start'
+  | 'playbook_host_complete';
 
 /** The payload type of each event name, for `listen<EventPayloads[E]>(...)`. */
 export interface EventPayloads {
@@ -97,6 +125,8 @@ export interface EventPayloads {
   execution_cancelled: ExecutionCancelledPayload;
   playbook_step_start: PlaybookStepStartPayload;
   playbook_step_complete: PlaybookStepCompletePayload;
+  playbook_host_start: PlaybookHostStartPayload;
+  playbook_host_complete: PlaybookHostCompletePayload;
 }
 
 /** One event on the wire; `id` is its sequence number in its execution (1, 2, ...). */
@@ -114,4 +144,6 @@ export type ExecutionEvent =
   | EventEnvelope<'execution_complete'>
   | EventEnvelope<'execution_cancelled'>
   | EventEnvelope<'playbook_step_start'>
-  | EventEnvelope<'playbook_step_complete'>;
+  | EventEnvelope<'playbook_step_complete'>
+  | EventEnvelope<'playbook_host_start'>
+  | EventEnvelope<'playbook_host_complete'>;

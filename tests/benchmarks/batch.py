@@ -13,12 +13,7 @@ CONCURRENCY = 4
 STEPS = 3
 
 
-@row(
-    "batch",
-    issue=4,
-    title="batch drain of playbooks vs raw Celery no-op throughput",
-    needs=("worker.playbook",),
-)
+@row("batch", issue=4, title="batch drain of playbooks vs raw Celery no-op throughput")
 def batch_row(ctx: Context) -> list[Figure]:
     runs = ctx.pick(500, 30)
     with Fleet(ctx, "batch", concurrency=CONCURRENCY) as fleet:

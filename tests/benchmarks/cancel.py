@@ -10,7 +10,7 @@ import signal
 import subprocess
 import time
 
-from tests.benchmarks.core import Context, Figure, Target, percentile, row, wait_for
+from tests.benchmarks.core import Context, Figure, Target, percentile_figures, row, wait_for
 from tests.benchmarks.fleet import Fleet, watching
 
 
@@ -77,15 +77,6 @@ def cancel_row(ctx: Context) -> list[Figure]:
     ctx.latency_ms["cancel: plain SIGTERM"] = plain
     note = f"{runs} runs of `sleep 60`; process end seen through a pidfd"
     name = "SIGTERM to own child"
-    return [
-        Figure("cancel latency p50", "ms", percentile(samples, 50), percentile(plain, 50), name),
-        Figure(
-            "cancel latency p99",
-            "ms",
-            percentile(samples, 99),
-            percentile(plain, 99),
-            name,
-            target=Target("<=", 250, unit="ms"),
-            note=note,
-        ),
-    ]
+    return percentile_figures(
+        "cancel latency", samples, plain, name, target=Target("<=", 250, unit="ms"), note=note
+    )

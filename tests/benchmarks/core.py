@@ -167,6 +167,50 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else math.nan
 
 
+def alternate(
+    runs: int, first: Callable[[], float], second: Callable[[], float], *, warmup: int = 0
+) -> tuple[list[float], list[float]]:
+    """The samples of `first` and of `second`, called in turns `warmup + runs` times so that
+    both see the same machine (on 2 shared cores a rate drifts by a third from one second to
+    the next); the first `warmup` turns are dropped."""
+    firsts: list[float] = []
+    seconds: list[float] = []
+    for n in range(warmup + runs):
+        a, b = first(), second()
+        if n >= warmup:
+            firsts.append(a)
+            seconds.append(b)
+    return firsts, seconds
+
+
+def percentile_figures(
+    what: str,
+    ours: Sequence[float],
+    baseline: Sequence[float],
+    baseline_name: str,
+    *,
+    detail: str = "",
+    qs: Sequence[int] = (50, 99),
+    target: Target | None = None,
+    note: str = "",
+    on: int = 99,
+) -> list[Figure]:
+    """A figure "`what` pQ, `detail`" (ms) for each percentile Q in `qs`, ours beside the
+    baseline's; `target` and `note` go on the one of percentile `on`."""
+    return [
+        Figure(
+            f"{what} p{q}" + (f", {detail}" if detail else ""),
+            "ms",
+            percentile(ours, q),
+            percentile(baseline, q),
+            baseline_name,
+            target=target if q == on else None,
+            note=note if q == on else "",
+        )
+        for q in qs
+    ]
+
+
 def mb_per_s(nbytes: int, seconds: float) -> float:
     return nbytes / seconds / 1e6 if seconds > 0 else math.inf
 

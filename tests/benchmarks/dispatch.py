@@ -3,17 +3,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 
 import redis
 
 from events.subscriber import as_is
-from tests.benchmarks.core import Context, Figure, Target, percentile, row
+from tests.benchmarks.core import Context, Figure, Target, alternate, percentile_figures, row
 from tests.benchmarks.fleet import Fleet, delete_prefix
 from tests.benchmarks.noop_app import make_app, send_noop
 from tests.helpers import start_process, venv_path_env
@@ -126,36 +128,35 @@ def ours_dispatch_ms(fleet: Fleet, times: EventTimes) -> float:
     return (started - t0) * 1000
 
 
+@contextlib.contextmanager
+def dispatch_clock(fleet: Fleet) -> Iterator[Callable[[], float]]:
+    """`ours_dispatch_ms` on `fleet`, its events heard on a channel subscribed to first."""
+    times = EventTimes(fleet.redis, fleet.keys.channel_all())
+    try:
+        yield lambda: ours_dispatch_ms(fleet, times)
+    finally:
+        times.close()
+
+
 @row("dispatch", issue=3, title="submit -> execution_started received vs raw Celery no-op")
 def dispatch_row(ctx: Context) -> list[Figure]:
     runs = ctx.pick(50, 10)
-    raw: list[float] = []
-    mine: list[float] = []
     # Both fleets are up at once and take turns, so that both see the same machine load.
-    with Fleet(ctx, "dispatch", concurrency=2) as fleet:
+    with Fleet(ctx, "dispatch", concurrency=2) as fleet, dispatch_clock(fleet) as ours:
         baseline = RawCelery(ctx, concurrency=2)
-        times = EventTimes(fleet.redis, fleet.keys.channel_all())
         try:
-            for n in range(WARMUP_RUNS + runs):
-                r, o = baseline.dispatch_ms(), ours_dispatch_ms(fleet, times)
-                if n >= WARMUP_RUNS:
-                    raw.append(r)
-                    mine.append(o)
+            raw, mine = alternate(runs, baseline.dispatch_ms, ours, warmup=WARMUP_RUNS)
         finally:
-            times.close()
             baseline.close()
     ctx.latency_ms["dispatch: ours"] = mine
     ctx.latency_ms["dispatch: raw Celery"] = raw
-    return [
-        Figure(
-            "dispatch p50",
-            "ms",
-            percentile(mine, 50),
-            percentile(raw, 50),
-            "raw Celery no-op",
-            target=Target("<=", 3.0, relative=True),
-            note=f"{runs} runs each, alternating, after {WARMUP_RUNS} warm-up runs; raw: send -> "
-            "the task's start notice received (RPUSH/BLPOP)",
-        ),
-        Figure("dispatch p99", "ms", percentile(mine, 99), percentile(raw, 99), "raw Celery no-op"),
-    ]
+    return percentile_figures(
+        "dispatch",
+        mine,
+        raw,
+        "raw Celery no-op",
+        target=Target("<=", 3.0, relative=True),
+        note=f"{runs} runs each, alternating, after {WARMUP_RUNS} warm-up runs; raw: send -> "
+        "the task's start notice received (RPUSH/BLPOP)",
+        on=50,
+    )

@@ -5,42 +5,28 @@ is stopped, and every key under its prefix deleted, when the `with` block ends."
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import threading
 import time
 from collections.abc import Iterator
-from types import TracebackType
 from typing import Any
 
 import redis
 
+from events.clients import redis_for
 from events.keys import Keys
-from events.models import RawEvent
-from events.publisher import make_redis
-from events.records import RecordStore
+from events.record_store import RecordStore
 from events.settings import Settings
 from events.subscriber import Follower
+from events.wire import RawEvent
 from tests.benchmarks.core import Context
-from tests.helpers import ManagedProcess, cloudops_argv, start_process, venv_path_env
-from worker.celery_dispatch import CeleryDispatcher
-
-
-def worker_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a `cloudops worker` on these settings (as tests.conftest.worker_env,
-    without importing pytest)."""
-    env = venv_path_env(dict(os.environ))
-    env.update(
-        {
-            "CLOUDOPS_REDIS_URL": settings.redis_url or "",
-            "CLOUDOPS_KEY_PREFIX": settings.key_prefix,
-            "CLOUDOPS_KILL_GRACE_S": str(settings.kill_grace_s),
-            "CLOUDOPS_LEASE_TTL_S": str(settings.lease_ttl_s),
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    env.update(extra or {})
-    return env
+from tests.helpers import (
+    CeleryDispatcher,
+    ManagedProcess,
+    cloudops_argv,
+    start_process,
+    worker_env,
+)
 
 
 def delete_prefix(client: redis.Redis, prefix: str) -> None:
@@ -55,7 +41,8 @@ def delete_prefix(client: redis.Redis, prefix: str) -> None:
 
 
 class Fleet:
-    """`concurrency=0`: no worker, submitted executions stay queued."""
+    """`concurrency=0`: no worker, submitted executions stay queued. `settings`: another Redis
+    (Sentinel) or broker than the run's Redis; its key prefix must be the row's own."""
 
     def __init__(
         self,
@@ -64,15 +51,18 @@ class Fleet:
         *,
         concurrency: int,
         env: dict[str, str] | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self.ctx = ctx
         self.name = row_name
         self.concurrency = concurrency
-        self.settings = Settings(redis_url=ctx.redis_url, key_prefix=ctx.key_prefix(row_name))
+        self.settings = settings or Settings(
+            redis_url=ctx.redis_url, key_prefix=ctx.key_prefix(row_name)
+        )
         self.keys = Keys(self.settings.key_prefix)
         self._env = env
         self.workers: list[ManagedProcess] = []
-        self.redis: redis.Redis = make_redis(ctx.redis_url)
+        self.redis: redis.Redis = redis_for(self.settings)
         self.records = RecordStore(self.redis, self.keys, self.settings)
         self._dispatcher: CeleryDispatcher | None = None
 
@@ -87,12 +77,7 @@ class Fleet:
             raise
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def start_worker(self, concurrency: int) -> ManagedProcess:

@@ -16,7 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.benchmarks.core import Context, Figure, Target, percentile, row
+from tests.benchmarks.core import Context, Figure, Target, percentile_figures, row
 from tests.benchmarks.fleet import Fleet
 
 CHATTY = Path(__file__).with_name("chatty.py")
@@ -181,7 +181,7 @@ def latency_row(ctx: Context) -> list[Figure]:
     ctx.latency_ms[f"latency {many} execs: plain pipe"] = pipe_n
     ctx.latency_ms[f"latency {many} execs, staggered start: ours"] = ours_staggered
     ctx.latency_ms[f"latency {many} execs, staggered start: plain pipe"] = pipe_staggered
-    figures = []
+    figures: list[Figure] = []
     for label, ours, pipe, target_ms in (
         ("1 execution", ours_1, pipe_1, 25.0),
         (f"{many} at once", ours_n, pipe_n, 50.0),
@@ -189,34 +189,22 @@ def latency_row(ctx: Context) -> list[Figure]:
         note = f"{len(ours)} lines ours, {len(pipe)} pipe; {duration_s} s per execution"
         if ours is ours_n:
             note += "; all started, then all print (start barrier)"
-        figures.append(
-            Figure(
-                f"latency p50, {label}",
-                "ms",
-                percentile(ours, 50),
-                percentile(pipe, 50),
-                "plain pipe",
-            )
-        )
-        figures.append(
-            Figure(
-                f"latency p99, {label}",
-                "ms",
-                percentile(ours, 99),
-                percentile(pipe, 99),
-                "plain pipe",
-                target=Target("<=", target_ms, unit="ms"),
-                note=note,
-            )
-        )
-    figures.append(
-        Figure(
-            f"latency p99, {many} started one by one",
-            "ms",
-            percentile(ours_staggered, 99),
-            percentile(pipe_staggered, 99),
+        figures += percentile_figures(
+            "latency",
+            ours,
+            pipe,
             "plain pipe",
-            note="no barrier: the first print while the last start up (each start ~80 ms CPU)",
+            detail=label,
+            target=Target("<=", target_ms, unit="ms"),
+            note=note,
         )
+    figures += percentile_figures(
+        "latency",
+        ours_staggered,
+        pipe_staggered,
+        "plain pipe",
+        detail=f"{many} started one by one",
+        qs=[99],
+        note="no barrier: the first print while the last start up (each start ~80 ms CPU)",
     )
     return figures

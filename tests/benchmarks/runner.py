@@ -26,12 +26,16 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 ROW_MODULES = (
     "throughput",
     "latency",
+    "sparse",
     "latency_fleet",
     "cancel",
     "dispatch",
     "memory",
     "batch",
     "relay",
+    "ha",
+    "archive",
+    "bus_archiving",
 )
 
 

@@ -12,12 +12,14 @@ from collections.abc import Callable
 
 import redis
 
+from events.clients import redis_for
 from events.keys import Keys
 from events.lifecycle import Reporter
 from events.models import ExecutionOptions
-from events.publisher import Publisher, make_redis
+from events.publisher import Publisher
 from events.settings import Settings
-from tests.benchmarks.core import Context, Figure, Target, mb_per_s, median, row
+from events.vocabulary import CommandType, Status
+from tests.benchmarks.core import Context, Figure, Target, alternate, mb_per_s, median, row
 from tests.benchmarks.fleet import Fleet, delete_prefix
 from tests.benchmarks.probes import NAIVE_END, Probe, output_bytes
 from worker.executor import CommandSpec, Executor
@@ -62,34 +64,39 @@ def interleaved(
 ) -> tuple[float, float]:
     """Medians of (ours, raw pipe), run alternately so that both see the same machine: on 2
     shared cores either rate drifts by a third from one second to the next."""
-    ours: list[float] = []
-    pipe: list[float] = []
-    for _ in range(repeats):
-        ours.append(ours_once())
-        pipe.append(raw_pipe_once(lines))
+    ours, pipe = alternate(repeats, ours_once, lambda: raw_pipe_once(lines))
     ctx.throughput_mb_s["raw pipe"] = median(pipe)
     return median(ours), median(pipe)
 
 
-def bus_once(ctx: Context, lines: int, parse: str = "after") -> float:
+def bus_once(
+    ctx: Context,
+    lines: int,
+    parse: str = "after",
+    settings: Settings | None = None,
+    probe_url: str | None = None,
+) -> float:
     """MB/s of `seq lines` through executor pipe -> OutputCoalescer -> Publisher -> Redis ->
     a Follower in another process, from the command's start to execution_complete received
-    (`parse`: when the subscriber json-parses the payloads, see probes.follow)."""
-    settings = Settings(redis_url=ctx.redis_url, key_prefix=ctx.key_prefix("bus"))
-    client = make_redis(ctx.redis_url)
+    (`parse`: when the subscriber json-parses the payloads, see probes.follow). `settings`
+    and `probe_url` (where the subscriber reads): another Redis than the run's (Sentinel)."""
+    settings = settings or Settings(redis_url=ctx.redis_url, key_prefix=ctx.key_prefix("bus"))
+    client = redis_for(settings)
     execution_id = "ex_bench_" + uuid.uuid4().hex[:12]
     expected = seq_bytes(lines)
+    url = probe_url or ctx.redis_url
     try:
-        with Probe("follow", ctx.redis_url, settings.key_prefix, execution_id, parse) as probe:
+        with Probe("follow", url, settings.key_prefix, execution_id, parse) as probe:
             publisher = Publisher(client, Keys(settings.key_prefix), settings)
             reporter = Reporter(publisher, execution_id, worker="bench")
             t0 = time.monotonic()
-            started_at = reporter.started(f"seq {lines}", "script", ExecutionOptions())
+            started_at = reporter.started(f"seq {lines}", CommandType.SCRIPT, ExecutionOptions())
             executor = Executor(
                 CommandSpec(["seq", str(lines)], env=dict(os.environ)),
                 reporter.output,
                 flush_interval_ms=settings.flush_interval_ms,
                 max_chunk_bytes=settings.max_chunk_bytes,
+                output_idle=reporter.output_idle,
             )
             try:
                 result = executor.run()
@@ -97,7 +104,7 @@ def bus_once(ctx: Context, lines: int, parse: str = "after") -> float:
                 executor.close()
             if result.status != "completed":
                 raise AssertionError(f"seq ended {result.status}: {result.error}")
-            reporter.complete("completed", started_at, exit_code=0)
+            reporter.complete(Status.COMPLETED, started_at, exit_code=0)
             publisher.close(timeout_s=60)
             got = probe.result()
     finally:

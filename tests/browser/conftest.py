@@ -156,23 +156,44 @@ def _cancel_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
     with contextlib.suppress(httpx.HTTPError), fleet.api() as api:
         for status in ("running", "queued"):
             listed = api.get("/api/executions", params={"status": status}).json()
-            for rec in listed.get("executions", []):
+            for rec in listed:
                 api.post(f"/api/executions/{rec['executionId']}/cancel")
 
 
 @pytest.fixture
 def page(chromium: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
     """A page in a fresh context (its own sessionStorage); screenshot kept at the end.
-    Uncaught exceptions in the page fail the test."""
+    Uncaught exceptions in the page fail the test, and so does anything the relay's
+    Content-Security-Policy blocked: every browser test is also a CSP test of the console."""
     context = chromium.new_context(viewport=VIEWPORT, accept_downloads=True)
+    context.add_init_script(CSP_WATCH)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    blocked: list[str] = []
+    page.on("console", lambda msg: _note_csp(msg.text, blocked))
     try:
         yield page
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(Exception):
             page.screenshot(path=ARTIFACTS / f"{request.node.name}.png")
+        with contextlib.suppress(Exception):
+            blocked += page.evaluate("window.__cspViolations || []")
     finally:
         context.close()
     assert not errors, f"uncaught exceptions in the page: {errors}"
+    assert not blocked, f"the Content-Security-Policy blocked: {blocked}"
+
+
+# Records every CSP violation of the page (the event fires for each blocked load or inline).
+CSP_WATCH = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", (e) => {
+  window.__cspViolations.push(`${e.violatedDirective} ${e.blockedURI} ${e.sample || ""}`);
+});
+"""
+
+
+def _note_csp(text: str, blocked: list[str]) -> None:
+    if "Content Security Policy" in text or "Content-Security-Policy" in text:
+        blocked.append(text)

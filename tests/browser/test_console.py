@@ -35,6 +35,7 @@ STATIC_PATHS = {
     "/static/console.js",
     "/static/executions.js",
     "/static/format.js",
+    "/static/hosts.js",
     "/static/terminal.js",
 }
 
@@ -222,6 +223,25 @@ def test_playbook_steps_change_state(page: Page, fleet: Fleet) -> None:
     expect(ui.row(ex)).to_have_attribute("data-status", "completed")
 
 
+def test_a_refused_playbook_shows_every_problem_on_its_own_line(page: Page, fleet: Fleet) -> None:
+    ui = ConsolePage(page, fleet)
+    ui.sign_in()
+    page.get_by_test_id("tab-playbook").click()
+    page.get_by_test_id("playbook-yaml").fill(
+        "steps:\n  - id: a\n    command: echo\n    timeout: 0\n  - id: a\n    comand: echo\n"
+    )
+    page.get_by_test_id("run-playbook").click()
+    error = page.get_by_test_id("form-error")
+    expect(error).to_be_visible()
+    lines = (error.inner_text() or "").splitlines()
+    assert [ln.partition(": ")[0] for ln in lines] == [
+        "<request>, line 4, step 1 (a), field timeout",
+        "<request>, line 5, step 2 (a), field id",
+        "<request>, line 6, step 2 (a), field comand",
+        "<request>, line 5, step 2 (a), field command",
+    ], lines
+
+
 def test_cancel_from_the_console(page: Page, fleet: Fleet) -> None:
     ui = ConsolePage(page, fleet)
     ui.sign_in()
@@ -253,3 +273,28 @@ def test_list_follows_executions_started_elsewhere(page: Page, fleet: Fleet) -> 
     page.get_by_test_id("status-filter").select_option("")
     ui.open_execution(ex)  # replayed from its history
     ui.expect_output(["from the API"])
+
+
+def test_list_search_box_and_older_pages_on_scroll(page: Page, fleet: Fleet) -> None:
+    older = [fleet.submit(f"echo page-{i}") for i in range(130)]  # more than the first page
+    ui = ConsolePage(page, fleet)
+    ui.sign_in()
+    expect(ui.row(older[-1])).to_be_visible()
+    expect(ui.row(older[0])).to_have_count(0)  # beyond the first page: not loaded yet
+    for _ in range(3):  # each scroll to the end asks for the next page (X-Next-Cursor)
+        page.get_by_test_id("executions").evaluate("el => { el.scrollTop = el.scrollHeight; }")
+        if ui.row(older[0]).count():
+            break
+        page.wait_for_function(
+            "n => document.querySelectorAll('[data-testid=execution-row]').length > n",
+            arg=page.get_by_test_id("execution-row").count(),
+            timeout=10_000,
+        )
+    expect(ui.row(older[0])).to_have_count(1, timeout=10_000)
+
+    needle = fleet.submit("echo Needle-In-The-List")
+    page.get_by_test_id("list-search").fill("needle-in-THE")
+    expect(ui.row(needle)).to_be_visible(timeout=10_000)
+    expect(ui.row(older[5])).to_be_hidden()
+    page.get_by_test_id("list-search").fill("")
+    expect(ui.row(older[5])).to_be_visible()

@@ -16,7 +16,9 @@ from tests.browser.conftest import Fleet
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
-# Runs in a page of the relay's origin that is not the console (/healthz): the module alone.
+# Runs in a page of the relay's origin that is not the console: the module's own file shown as
+# text, under the console's Content-Security-Policy (an API response such as /healthz has
+# `default-src 'none'`: no script may run there, by design).
 SETUP_JS = """
 async ({ token }) => {
   let sockets = 0;
@@ -44,7 +46,7 @@ async ({ token }) => {
 
 
 def _setup(page: Page, fleet: Fleet) -> None:
-    page.goto(fleet.base_url + "/healthz")
+    page.goto(fleet.base_url + "/cloudops-events.js")
     sockets = page.evaluate(SETUP_JS, {"token": fleet.token})
     assert sockets == 1, f"{sockets} WebSockets for listen() calls made in one tick"
 

@@ -4,25 +4,17 @@ same event sequence embedded and on a real worker."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from events.models import decode
+from events.models import ExecutionStartedPayload, decode
 from events.settings import Settings
 from tests.conftest import StartWorker, worker_env
-from tests.helpers import REPO, cloudops_argv, venv_path_env
-
-
-def embedded_env() -> dict[str, str]:
-    env = venv_path_env(dict(os.environ))
-    for name in list(env):
-        if name.startswith("CLOUDOPS_"):
-            del env[name]
-    return env
+from tests.helpers import REPO, cloudops_argv, embedded_env
+from tests.test_playbook_problems import FOUR_EXPECTED, FOUR_IN_THREE
 
 
 def cloudops(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60) -> Any:
@@ -77,6 +69,7 @@ def test_json_prints_valid_envelopes_only() -> None:
         ["run", "--bogus", "--", "ls"],
         ["run", "--timeout", "0", "--", "ls"],
         ["run", "--timeout", "soon", "--", "ls"],
+        ["run", "--timeout", "99999999999999999999999", "--", "ls"],
         ["run", "--playbook", "/nonexistent.yml"],
         ["run", "--param", "x=1", "--", "ls"],
         ["run", "--playbook", "deploy/examples/hello.yml", "--param", "novalue"],
@@ -114,3 +107,30 @@ def test_same_event_sequence_embedded_and_on_a_worker(
     assert embedded.returncode == fleet.returncode == 4
     assert comparable(embedded.stdout.splitlines()) == comparable(fleet.stdout.splitlines())
     assert len(embedded.stdout.splitlines()) == 5
+
+
+def test_a_bad_playbook_is_one_line_per_problem_and_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "build.yml"
+    path.write_text(FOUR_IN_THREE)
+    r = cloudops("run", "--playbook", str(path), "--param", "nope=1")
+    assert r.returncode == 2, r.stderr
+    assert r.stdout == ""
+    expected = [
+        f"cloudops: error: {path}, line {line}, step {number} ({step_id}), field {key}: "
+        for _, line, number, step_id, key, _ in FOUR_EXPECTED
+    ] + [f"cloudops: error: {path}, params: unknown param 'nope'"]
+    lines = r.stderr.splitlines()
+    assert len(lines) == len(expected), r.stderr
+    for line, start in zip(lines, expected, strict=True):
+        assert line.startswith(start), line
+    assert "Traceback" not in r.stderr
+
+
+def test_a_playbook_without_a_name_is_named_after_its_file(tmp_path: Path) -> None:
+    path = tmp_path / "nightly-check.yml"
+    path.write_text("steps:\n  - command: echo hi\n")
+    r = cloudops("run", "--json", "--playbook", str(path))
+    assert r.returncode == 0, r.stderr
+    started = decode(r.stdout.splitlines()[0]).payload
+    assert isinstance(started, ExecutionStartedPayload)
+    assert started.command == "nightly-check"

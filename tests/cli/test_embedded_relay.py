@@ -8,8 +8,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.cli.test_cli import embedded_env
-from tests.helpers import cloudops_argv, free_port, start_process, wait_until
+from tests.helpers import (
+    cloudops_argv,
+    embedded_env,
+    free_port,
+    http_status,
+    start_process,
+    wait_until,
+)
 
 
 @pytest.mark.integration
@@ -26,14 +32,7 @@ def test_embedded_relay_runs_commands_and_serves_the_console(tmp_path: Path) -> 
     )
     try:
         base = f"http://127.0.0.1:{port}"
-
-        def healthy() -> bool:
-            try:
-                return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(healthy, 30, 0.1, "the embedded relay")
+        wait_until(lambda: http_status(f"{base}/healthz", 2) == 200, 30, 0.1, "the embedded relay")
         auth = {"Authorization": "Bearer embedded-token-1"}
         assert httpx.get(f"{base}/api/executions", timeout=5).status_code == 401
         resp = httpx.post(
@@ -62,6 +61,9 @@ def test_embedded_relay_runs_commands_and_serves_the_console(tmp_path: Path) -> 
         assert events[-1]["payload"]["exitCode"] == 3
         record = httpx.get(f"{base}/api/executions/{ex}", headers=auth, timeout=5).json()
         assert record["status"] == "failed" and record["worker"].startswith("embedded@")
+        # The host registry holds the one in-process worker, the record's `worker`.
+        (host,) = httpx.get(f"{base}/api/workers", headers=auth, timeout=5).json()
+        assert host["hostname"] == record["worker"] and host["online"] is True
         output = httpx.get(f"{base}/api/executions/{ex}/output", headers=auth, timeout=5)
         assert output.text == "one\ntwo\n"
         page = httpx.get(f"{base}/", timeout=5)

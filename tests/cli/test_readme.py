@@ -13,8 +13,7 @@ import subprocess
 
 import pytest
 
-from tests.cli.test_cli import embedded_env
-from tests.helpers import REPO, cloudops_argv
+from tests.helpers import REPO, cloudops_argv, embedded_env
 
 
 def readme_first_command() -> list[str]:

@@ -12,8 +12,7 @@ import termios
 import time
 import uuid
 
-from tests.cli.test_cli import embedded_env
-from tests.helpers import REPO, cloudops_argv, live_pids_with, wait_until
+from tests.helpers import REPO, cloudops_argv, embedded_env, live_pids_with, wait_until
 
 
 def _take_controlling_terminal() -> None:

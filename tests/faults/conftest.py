@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import shlex
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,15 +21,23 @@ from pathlib import Path
 import pytest
 import redis
 
+from events.clients import redis_for
 from events.keys import Keys
-from events.models import ExecutionOptions, RawEvent
-from events.publisher import make_redis
+from events.models import ExecutionOptions
 from events.settings import Settings
 from events.subscriber import Follower
+from events.wire import RawEvent
 from tests.conftest import worker_env
 from tests.faults.invariants import LEDGER, Checker, KnownBug, Tracked, kill_marked
-from tests.helpers import ManagedProcess, PrivateRedis, cloudops_argv, start_process, wait_until
-from worker.celery_dispatch import CeleryDispatcher
+from tests.helpers import (
+    CeleryDispatcher,
+    ManagedProcess,
+    PrivateRedis,
+    ThreadFollower,
+    cloudops_argv,
+    start_process,
+    wait_until,
+)
 
 CHATTY = Path(__file__).with_name("chatty.py")
 
@@ -76,38 +83,11 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 # -- live followers ---------------------------------------------------------------------------
 
 
-class LiveFollower:
-    """A Follower in a thread on a Redis client of its own, keeping what it yields."""
-
-    def __init__(self, url: str, keys: Keys, execution_id: str, name: str) -> None:
-        self.client = make_redis(url, client_name=name)
-        self.follower = Follower(self.client, keys, execution_id, poll_interval_s=0.2)
-        self.events: list[RawEvent] = []
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name=f"follow-{execution_id}")
-        self.thread.daemon = True
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            for ev in self.follower:
-                self.events.append(ev)
-        except BaseException as e:  # reported by join()
-            self.error = e
-
-    def join(self, timeout_s: float) -> list[RawEvent]:
-        self.thread.join(timeout_s)
-        if self.thread.is_alive():
-            self.follower.stop()
-            self.thread.join(5.0)
-        if self.error is not None:
-            raise AssertionError(f"follower of {self.follower.execution_id} failed") from self.error
-        return self.events
-
-    def close(self) -> None:
-        self.follower.stop()
-        self.thread.join(5.0)
-        self.client.close()
+def live_follower(client: redis.Redis, keys: Keys, execution_id: str) -> ThreadFollower:
+    """A Follower in a thread on a Redis client of its own (closed with it), keeping what it
+    yields."""
+    follower = Follower(client, keys, execution_id, poll_interval_s=0.2)
+    return ThreadFollower(follower, on_close=client.close)
 
 
 # -- a fleet of real workers on one Redis ---------------------------------------------------------
@@ -123,7 +103,7 @@ class Fleet:
     dispatcher: CeleryDispatcher
     checker: Checker
     workers: list[ManagedProcess] = field(default_factory=list)
-    followers: list[LiveFollower] = field(default_factory=list)
+    followers: list[ThreadFollower] = field(default_factory=list)
     tracked: list[Tracked] = field(default_factory=list)
 
     @property
@@ -131,13 +111,21 @@ class Fleet:
         return self.dispatcher.rt.keys
 
     def start_worker(
-        self, hostname: str, *, concurrency: int = 2, wait_ready: bool = True
+        self,
+        hostname: str,
+        *,
+        concurrency: int = 2,
+        wait_ready: bool = True,
+        env: Mapping[str, str] | None = None,
     ) -> ManagedProcess:
         args = ["worker", "--concurrency", str(concurrency), "--hostname", hostname]
         extra = {
             # A warm shutdown in teardown must not wait for the production 300 s.
             "CLOUDOPS_SHUTDOWN_GRACE_S": "2",
             "CLOUDOPS_HEARTBEAT_INTERVAL_S": str(self.settings.heartbeat_interval_s),
+            # This test's own record of running commands (worker/leftovers.py).
+            "CLOUDOPS_STATE_DIR": str(self.tmp / "state"),
+            **(env or {}),
         }
         log_path = self.tmp / f"worker-{hostname.replace('@', '_')}-{len(self.workers)}.log"
         proc = start_process(
@@ -183,13 +171,10 @@ class Fleet:
         self.tracked.append(t)
         return t
 
-    def follow(self, execution_id: str) -> LiveFollower:
-        f = LiveFollower(
-            self.settings.redis_url or "",
-            self.keys,
-            execution_id,
-            f"{self.settings.key_prefix}-follower",
-        )
+    def follow(self, execution_id: str) -> ThreadFollower:
+        # Its own client, straight to the Redis or through the sentinels as the CLI's would.
+        client = redis_for(self.settings, client_name=f"{self.settings.key_prefix}-follower")
+        f = live_follower(client, self.keys, execution_id)
         self.followers.append(f)
         return f
 
@@ -257,10 +242,11 @@ MakeFleet = Callable[..., Fleet]
 
 @pytest.fixture
 def make_fleet(tmp_path: Path, key_prefix: str) -> Iterator[MakeFleet]:
-    """make_fleet(redis_url, **settings) -> a Fleet; everything it started is stopped after."""
+    """make_fleet(redis_url, **settings) -> a Fleet; everything it started is stopped after.
+    With `redis_url=None` the settings must name sentinels (`redis_sentinels=...`)."""
     made: list[Fleet] = []
 
-    def make(url: str, **overrides: object) -> Fleet:
+    def make(url: str | None, **overrides: object) -> Fleet:
         values: dict[str, object] = {
             "redis_url": url,
             "key_prefix": key_prefix,
@@ -270,7 +256,7 @@ def make_fleet(tmp_path: Path, key_prefix: str) -> Iterator[MakeFleet]:
         values.update(overrides)
         settings = Settings(**values)  # type: ignore[arg-type]
         marker = f"fault{uuid.uuid4().hex[:12]}"
-        checker = Checker(make_redis(url), Keys(key_prefix))
+        checker = Checker(redis_for(settings), Keys(key_prefix))
         fleet = Fleet(settings, tmp_path, marker, CeleryDispatcher(settings), checker)
         made.append(fleet)
         return fleet

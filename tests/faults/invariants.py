@@ -31,9 +31,9 @@ from typing import Any
 import redis
 
 from events.keys import Keys
-from events.models import RawEvent
-from events.records import RecordStore
+from events.record_store import RecordStore
 from events.settings import Settings
+from events.wire import RawEvent
 from tests.helpers import live_pids_with
 
 TERMINAL = frozenset({"completed", "failed", "timeout", "cancelled"})
@@ -135,7 +135,7 @@ def read_history(client: redis.Redis, keys: Keys, execution_id: str) -> History:
     for entry_id, fields in entries:
         eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
         raw = fields.get(b"e") or fields.get("e")
-        data = raw.decode() if isinstance(raw, bytes) else str(raw)
+        data = raw if isinstance(raw, bytes) else str(raw).encode()
         doc = json.loads(data)
         events.append(RawEvent(int(eid.split("-", 1)[0]), str(doc.get("event")), data))
         entry_ids.append(eid)
@@ -253,7 +253,7 @@ class Checker:
                 f"{_first_difference(streamed, wrote)}",
             )
         rec = self.records.get(ex)
-        rec_status = rec.status if rec is not None else None
+        rec_status = str(rec.status) if rec is not None else None
         check(
             rec_status in TERMINAL and rec_status == status,
             f"{ex}: record status {rec_status!r}, complete event says {status!r}",

@@ -37,6 +37,7 @@ from kombu.messaging import Producer
 
 from events.errors import InvalidRequestError
 from events.models import utc_now
+from events.vocabulary import CommandType
 from tests.faults.conftest import MakeFleet
 from tests.faults.invariants import (
     LEDGER,
@@ -44,8 +45,11 @@ from tests.faults.invariants import (
     require,
 )
 from tests.helpers import REPO, PrivateRedis, cloudops_argv, venv_path_env, wait_until
-from worker.app import TASK_RUN_COMMAND, TASK_RUN_STEP, broker_key_prefix
-from worker.playbook_spec import PlaybookError, load_playbook, render_playbook
+from worker.app import broker_key_prefix
+from worker.playbook.errors import PlaybookError
+from worker.playbook.loading import load_playbook
+from worker.playbook.render import render_playbook
+from worker.taskqueue import TASK_RUN_COMMAND, TASK_RUN_STEP
 
 pytestmark = pytest.mark.fault
 
@@ -114,6 +118,136 @@ def _mapping(value: object) -> dict[str, Any]:
     return dict(value) if isinstance(value, dict) else {}
 
 
+class _Case:
+    """A playbook being broken: the document, the run's params, the keys a refusal may name."""
+
+    def __init__(self, draw: st.DrawFn, doc: dict[str, Any]) -> None:
+        self.draw = draw
+        self.doc = doc
+        self.params: dict[str, Any] | None = None
+        self.blamed: set[str] = set()
+
+    @property
+    def steps(self) -> list[Any] | None:
+        steps = self.doc.get("steps")
+        return steps if isinstance(steps, list) else None
+
+    def pick_step(self) -> dict[str, Any] | None:
+        steps = self.steps
+        ok = steps and isinstance(steps[0], dict)
+        return self.draw(st.sampled_from(steps)) if ok else None  # type: ignore[arg-type]
+
+    def set_option(self, key: str, value: object) -> None:
+        self.doc["options"] = {**_mapping(self.doc.get("options")), key: value}
+
+
+def _unknown_key(c: _Case, step: dict[str, Any] | None) -> None:
+    key = c.draw(st.sampled_from(["comand", "timeout_s", "stpes", "x-extra", "Name", "1"]))
+    target = c.draw(st.sampled_from(["top", "step", "options"]))
+    if target == "step" and step is not None:
+        step[key] = "?"
+    elif target == "options":
+        c.set_option(key, "?")
+    else:
+        c.doc[key] = "?"
+    c.blamed.add(key)
+
+
+def _wrong_type(c: _Case, step: dict[str, Any] | None) -> None:
+    if step is not None:
+        key = c.draw(st.sampled_from(STEP_KEYS))
+        step[key] = c.draw(JUNK)
+        c.blamed.add(key)
+
+
+def _bad_timeout(c: _Case, step: dict[str, Any] | None) -> None:
+    value = c.draw(st.sampled_from(BAD_TIMEOUTS))
+    if step is not None and c.draw(st.booleans()):
+        step["timeout"] = value
+    else:
+        c.set_option("timeout", value)
+    c.blamed.add("timeout")
+
+
+def _bad_retries(c: _Case, step: dict[str, Any] | None) -> None:
+    if step is not None:
+        step["retries"] = c.draw(st.sampled_from([-1, 11, "two", 1.5, None]))
+        c.blamed.add("retries")
+
+
+def _duplicate_id(c: _Case, step: dict[str, Any] | None) -> None:
+    steps = c.steps
+    if steps is not None and step is not None:
+        step["id"] = "same"
+        steps.append({"id": "same", "command": "true"})
+        c.blamed.add("id")
+
+
+def _missing(c: _Case, step: dict[str, Any] | None) -> None:
+    key = c.draw(st.sampled_from(["name", "steps", "command"]))
+    if key == "command" and step is not None:
+        step.pop("command", None)
+    else:
+        c.doc.pop(key, None)
+    c.blamed.add(key)
+
+
+def _bad_template(c: _Case, step: dict[str, Any] | None) -> None:
+    if step is not None:
+        key = c.draw(st.sampled_from(["command", "working_dir", "aws_region", "queue", "env"]))
+        template = c.draw(st.sampled_from(BAD_TEMPLATES))
+        step[key] = {"VAR": template} if key == "env" else template
+        c.blamed.update({key, "params"})
+
+
+def _bad_env(c: _Case, step: dict[str, Any] | None) -> None:
+    if step is not None:
+        step["env"] = {c.draw(st.sampled_from(["1X", "A-B", "", "A B"])): "v"}
+        c.blamed.add("env")
+
+
+def _bad_params(c: _Case, step: dict[str, Any] | None) -> None:
+    c.params = c.draw(
+        st.dictionaries(
+            st.sampled_from(["x", "unknown", "1bad", "a b", ""]), JUNK, min_size=1, max_size=2
+        )
+    )
+    c.blamed.add("params")
+
+
+def _wrong_top_type(c: _Case, step: dict[str, Any] | None) -> None:
+    key = c.draw(st.sampled_from(["steps", "options", "params", "name", "max_concurrent"]))
+    c.doc[key] = c.draw(JUNK)
+    c.blamed.add(key)
+
+
+_BREAKERS = {
+    "unknown-key": _unknown_key,
+    "wrong-type": _wrong_type,
+    "bad-timeout": _bad_timeout,
+    "bad-retries": _bad_retries,
+    "duplicate-id": _duplicate_id,
+    "missing": _missing,
+    "bad-template": _bad_template,
+    "bad-env": _bad_env,
+    "bad-params": _bad_params,
+    "wrong-top-type": _wrong_top_type,
+}
+
+
+def _corrupt(draw: st.DrawFn, text: str, blamed: set[str]) -> str:
+    corruption = draw(st.sampled_from(["none", "none", "none", "truncate", "tab", "bracket"]))
+    if corruption == "truncate":
+        text = text[: draw(st.integers(0, len(text)))]
+    elif corruption == "tab":
+        text = text.replace("  ", "\t", 1)
+    elif corruption == "bracket":
+        text += "steps: [\n"
+    if corruption != "none":
+        blamed.add("YAML")
+    return text
+
+
 @st.composite
 def broken_playbook(draw: st.DrawFn) -> tuple[str, dict[str, Any] | None, set[str]]:
     """(YAML text, run params, the keys a refusal may name)."""
@@ -126,99 +260,12 @@ def broken_playbook(draw: st.DrawFn) -> tuple[str, dict[str, Any] | None, set[st
         doc["params"] = {"x": "value"}
     n_steps = draw(st.integers(1, 4))
     doc["steps"] = [draw(valid_step(n)) for n in range(1, n_steps + 1)]
-    params: dict[str, Any] | None = None
-    blamed: set[str] = set()
+    case = _Case(draw, doc)
     for _ in range(draw(st.integers(0, 3))):
-        kind = draw(
-            st.sampled_from(
-                [
-                    "unknown-key",
-                    "wrong-type",
-                    "bad-timeout",
-                    "bad-retries",
-                    "duplicate-id",
-                    "missing",
-                    "bad-template",
-                    "bad-env",
-                    "bad-params",
-                    "wrong-top-type",
-                ]
-            )
-        )
-        steps = doc.get("steps")
-        step = (
-            draw(st.sampled_from(steps))
-            if isinstance(steps, list) and steps and isinstance(steps[0], dict)
-            else None
-        )
-        if kind == "unknown-key":
-            key = draw(st.sampled_from(["comand", "timeout_s", "stpes", "x-extra", "Name", "1"]))
-            target = draw(st.sampled_from(["top", "step", "options"]))
-            if target == "step" and step is not None:
-                step[key] = "?"
-            elif target == "options":
-                doc["options"] = {**_mapping(doc.get("options")), key: "?"}
-            else:
-                doc[key] = "?"
-            blamed.add(key)
-        elif kind == "wrong-type" and step is not None:
-            key = draw(st.sampled_from(STEP_KEYS))
-            step[key] = draw(JUNK)
-            blamed.add(key)
-        elif kind == "bad-timeout":
-            value = draw(st.sampled_from(BAD_TIMEOUTS))
-            if step is not None and draw(st.booleans()):
-                step["timeout"] = value
-            else:
-                doc["options"] = {**_mapping(doc.get("options")), "timeout": value}
-            blamed.add("timeout")
-        elif kind == "bad-retries" and step is not None:
-            step["retries"] = draw(st.sampled_from([-1, 11, "two", 1.5, None]))
-            blamed.add("retries")
-        elif kind == "duplicate-id" and isinstance(steps, list) and step is not None:
-            step["id"] = "same"
-            steps.append({"id": "same", "command": "true"})
-            blamed.add("id")
-        elif kind == "missing":
-            key = draw(st.sampled_from(["name", "steps", "command"]))
-            if key == "command" and step is not None:
-                step.pop("command", None)
-            else:
-                doc.pop(key, None)
-            blamed.add(key)
-        elif kind == "bad-template" and step is not None:
-            key = draw(st.sampled_from(["command", "working_dir", "aws_region", "queue", "env"]))
-            template = draw(st.sampled_from(BAD_TEMPLATES))
-            step[key] = {"VAR": template} if key == "env" else template
-            blamed.update({key, "params"})
-        elif kind == "bad-env" and step is not None:
-            step["env"] = {draw(st.sampled_from(["1X", "A-B", "", "A B"])): "v"}
-            blamed.add("env")
-        elif kind == "bad-params":
-            params = draw(
-                st.dictionaries(
-                    st.sampled_from(["x", "unknown", "1bad", "a b", ""]),
-                    JUNK,
-                    min_size=1,
-                    max_size=2,
-                )
-            )
-            blamed.add("params")
-        elif kind == "wrong-top-type":
-            key = draw(st.sampled_from(["steps", "options", "params", "name", "max_concurrent"]))
-            doc[key] = draw(JUNK)
-            blamed.add(key)
+        breaker = _BREAKERS[draw(st.sampled_from(list(_BREAKERS)))]
+        breaker(case, case.pick_step())
     text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
-    corruption = draw(st.sampled_from(["none", "none", "none", "truncate", "tab", "bracket"]))
-    if corruption == "truncate":
-        text = text[: draw(st.integers(0, len(text)))]
-    elif corruption == "tab":
-        text = text.replace("  ", "\t", 1)
-    elif corruption == "bracket":
-        text += "steps: [\n"
-    if corruption != "none":
-        blamed.add("YAML")
-    return text, params, blamed
+    return _corrupt(draw, text, case.blamed), case.params, case.blamed
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -343,9 +390,13 @@ def judge(
     ran = "[cloudops] execution " in err or out.startswith('{"event"')
     error_lines = [line for line in err.splitlines() if line.startswith("cloudops: error:")]
     if code == 2 and not ran:  # a command that ran may exit 2 itself (`printf -0`)
+        # One line; a refused playbook has one per problem (CONTRACT §5).
+        lines = err.strip().splitlines()
+        most = len(lines) if any(a.startswith("--playbook") for a in args) else 1
         require(
-            len(err.strip().splitlines()) == 1 and len(error_lines) == 1,
-            f"{shown}: exit 2 must be one 'cloudops: error:' line on stderr, got {err!r}",
+            1 <= len(lines) <= most and len(error_lines) == len(lines),
+            f"{shown}: exit 2 must be 'cloudops: error:' lines on stderr (one unless a playbook"
+            f" has several problems), got {err!r}",
         )
     elif error_lines:
         require(
@@ -360,7 +411,7 @@ def judge(
 
 
 def run_in_process(args: list[str]) -> tuple[object, str, str, str | None]:
-    from api.cli import main
+    from cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     code: object = None
@@ -440,7 +491,7 @@ def test_worker_fed_garbage_keeps_serving(
         rt.records.create(
             ex,
             command="?",
-            command_type="script",
+            command_type=CommandType.SCRIPT,
             options={},
             queued_at=utc_now(),
             spec=None if raw else spec,  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ import fakeredis
 import pytest
 
 from events.keys import Keys
-from events.models import RawEvent
+from events.wire import RawEvent
 from tests.faults.invariants import Checker, KnownBug, Ledger, Tracked, read_history
 
 pytestmark = pytest.mark.fault

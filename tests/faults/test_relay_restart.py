@@ -17,11 +17,10 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from api.client import RelayClient
-from events.models import RawEvent
+from cli.client import RelayClient
+from events.wire import RawEvent
 from tests.conftest import worker_env
 from tests.faults.conftest import Fleet, MakeFleet, hold
 from tests.faults.invariants import LEDGER, Tracked, require
@@ -30,6 +29,7 @@ from tests.helpers import (
     PrivateRedis,
     cloudops_argv,
     free_port,
+    http_status,
     start_process,
     wait_until,
 )
@@ -62,10 +62,7 @@ class Relay:
         def healthy() -> bool:
             proc = self.proc
             assert proc is not None and proc.proc.poll() is None, proc.log() if proc else ""
-            try:
-                return httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200
-            except httpx.HTTPError:
-                return False
+            return http_status(f"{self.url}/healthz") == 200
 
         wait_until(healthy, 30, 0.05, what="the relay's /healthz")
 
@@ -87,30 +84,48 @@ class Relay:
             self.proc.kill_tree()
 
 
-class SseClient:
-    """RelayClient.follow in a thread: what a `cloudops tail --remote` would see."""
+class ThreadedClient:
+    """A client reading one execution's events in a thread (`_read`), started at once;
+    `join` gives them, or raises what failed the thread."""
 
-    def __init__(self, relay: Relay, execution_id: str) -> None:
-        self.client = RelayClient(relay.url, relay.token, timeout_s=10)
+    kind = "client"
+
+    def __init__(self, execution_id: str) -> None:
         self.execution_id = execution_id
         self.events: list[RawEvent] = []
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
+    def _read(self) -> None:
+        raise NotImplementedError
+
     def _run(self) -> None:
         try:
-            for ev in self.client.follow(self.execution_id):
-                self.events.append(ev)
+            self._read()
         except BaseException as e:  # reported by join()
             self.error = e
 
     def join(self, timeout_s: float) -> list[RawEvent]:
         self.thread.join(timeout_s)
-        assert not self.thread.is_alive(), f"SSE client of {self.execution_id} did not end"
+        assert not self.thread.is_alive(), f"{self.kind} of {self.execution_id} did not end"
         if self.error is not None:
-            raise AssertionError(f"SSE client of {self.execution_id} failed") from self.error
+            raise AssertionError(f"{self.kind} of {self.execution_id} failed") from self.error
         return self.events
+
+
+class SseClient(ThreadedClient):
+    """RelayClient.follow in a thread: what a `cloudops tail --remote` would see."""
+
+    kind = "SSE client"
+
+    def __init__(self, relay: Relay, execution_id: str) -> None:
+        self.client = RelayClient(relay.url, relay.token, timeout_s=10)
+        super().__init__(execution_id)
+
+    def _read(self) -> None:
+        for ev in self.client.follow(self.execution_id):
+            self.events.append(ev)  # one by one: the test watches the list grow
 
 
 def test_relay_restarted_while_sse_clients_follow(

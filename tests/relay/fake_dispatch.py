@@ -19,22 +19,19 @@ from typing import Any
 
 import yaml
 
+from events.clients import make_redis
 from events.errors import ExecutionEndedError, InvalidRequestError, UnknownExecutionError
 from events.keys import Keys
-from events.models import (
-    CommandType,
-    ExecutionCancelledPayload,
-    ExecutionCompletePayload,
-    ExecutionOptions,
-    ExecutionOutputPayload,
-    ExecutionStartedPayload,
-    PlaybookStepCompletePayload,
-    PlaybookStepStartPayload,
-    utc_now,
-)
-from events.publisher import Publisher, make_redis
-from events.records import RecordStore, StepRecord
+from events.lifecycle import Reporter
+from events.models import ExecutionOptions, utc_now
+from events.publisher import Publisher
+from events.record_store import RecordStore
+from events.records import StepRecord
+from events.requests import REQUEST_SOURCE, Params, PlaybookSource, SavedRef
 from events.settings import Settings
+from events.vocabulary import COMMAND_TYPES, CommandType, Status
+from tests.helpers import publish_passing_step
+from worker.playbook.loading import check_for_saving
 
 
 def script_of(command: str) -> dict[str, int]:
@@ -65,21 +62,23 @@ class FakeDispatcher:
     def submit_command(
         self, command: str, command_type: str, options: ExecutionOptions | None = None
     ) -> str:
-        if command_type not in ("aws_cli", "script"):
+        if command_type not in COMMAND_TYPES:
             raise InvalidRequestError("commandType", "must be aws_cli or script")
         if not command.strip():
             raise InvalidRequestError("command", "must not be empty")
         opts = options or ExecutionOptions()
-        execution_id = self._create(command, command_type, opts.wire())
-        self._start(self._run_command, execution_id, command, command_type, opts)
+        kind = CommandType(command_type)
+        execution_id = self._create(command, kind, opts.wire())
+        self._start(self._run_command, execution_id, command, kind, opts)
         return execution_id
 
     def submit_playbook(
         self,
-        playbook: str | Mapping[str, Any],
-        params: Mapping[str, str] | None = None,
+        playbook: PlaybookSource,
+        params: Params = None,
         *,
-        source: str = "<request>",
+        source: str = REQUEST_SOURCE,
+        saved: SavedRef | None = None,
     ) -> str:
         try:
             doc = yaml.safe_load(playbook) if isinstance(playbook, str) else playbook
@@ -99,12 +98,15 @@ class FakeDispatcher:
         name = str(doc.get("name") or "playbook")
         execution_id = self._create(
             name,
-            "playbook",
+            CommandType.PLAYBOOK,
             {},
             steps=[StepRecord(step_id=s, step_name=nm) for s, nm, _ in parsed],
         )
         self._start(self._run_playbook, execution_id, name, parsed)
         return execution_id
+
+    def check_playbook(self, playbook: str, source: str) -> None:
+        check_for_saving(playbook, source)  # the real rule: what is saved must be runnable
 
     def cancel(self, execution_id: str) -> None:
         found = self.records.request_cancel(execution_id)
@@ -124,7 +126,7 @@ class FakeDispatcher:
     def _create(
         self,
         command: str,
-        command_type: str,
+        command_type: CommandType,
         options: Mapping[str, Any],
         steps: list[StepRecord] | None = None,
     ) -> str:
@@ -144,103 +146,40 @@ class FakeDispatcher:
     def _start(self, target: Any, *args: Any) -> None:
         threading.Thread(target=target, args=args, daemon=True).start()
 
-    def _started(self, ex: str, command: str, kind: CommandType, opts: ExecutionOptions) -> str:
-        at = utc_now()
-        self.publisher.publish(
-            ExecutionStartedPayload(
-                execution_id=ex,
-                command=command,
-                command_type=kind,
-                started_at=at,
-                options=opts,
-                worker="fake",
-            ),
-            record={"status": "running", "startedAt": at, "worker": "fake"},
-        )
-        return at
-
-    def _complete(self, ex: str, started_at: str, exit_code: int | None, cancelled: bool) -> None:
-        at = utc_now()
-        if cancelled:
-            self.publisher.publish(
-                ExecutionCancelledPayload(
-                    execution_id=ex, cancelled_at=at, reason="cancelled by user", partial_output=""
-                )
-            )
-        status = "cancelled" if cancelled else ("completed" if exit_code == 0 else "failed")
-        ms = 1
-        record: dict[str, str | int] = {"status": status, "completedAt": at, "durationMs": ms}
-        if exit_code is not None:
-            record["exitCode"] = exit_code
-        self.publisher.publish(
-            ExecutionCompletePayload(
-                execution_id=ex,
-                status=status,
-                started_at=started_at,
-                completed_at=at,
-                duration_ms=ms,
-                exit_code=exit_code,
-                worker="fake",
-            ),
-            record=record,
-        )
+    def _end(self, reporter: Reporter, started_at: str, exit_code: int | None) -> None:
+        """Cancelled + complete(cancelled) with no exit code, else complete by the code."""
+        if exit_code is None:
+            reporter.cancelled("cancelled by user", "")
+            reporter.complete(Status.CANCELLED, started_at)
+        else:
+            status = Status.COMPLETED if exit_code == 0 else Status.FAILED
+            reporter.complete(status, started_at, exit_code=exit_code)
         with self._lock:
-            self._cancels.pop(ex, None)
-
-    def _output(self, ex: str, text: str, step_id: str | None = None) -> None:
-        self.publisher.publish(
-            ExecutionOutputPayload(
-                execution_id=ex, output=text, stream="stdout", timestamp=utc_now(), step_id=step_id
-            )
-        )
+            self._cancels.pop(reporter.execution_id, None)
 
     def _run_command(
         self, ex: str, command: str, kind: CommandType, opts: ExecutionOptions
     ) -> None:
         script = script_of(command)
         cancel = self._cancels[ex]
-        started_at = self._started(ex, command, kind, opts)
+        reporter = Reporter(self.publisher, ex, worker="fake")
+        started_at = reporter.started(command, kind, opts)
         lines = output_lines(script["lines"])
         step = max(1, script["chunk"])
         for i in range(0, len(lines), step):
             if cancel.is_set():
                 break
-            self._output(ex, "".join(lines[i : i + step]))
+            reporter.output("stdout", "".join(lines[i : i + step]))
             if script["interval_ms"]:
                 time.sleep(script["interval_ms"] / 1000)
         if script["hold"] and not cancel.is_set():
             cancel.wait(60)
-        if cancel.is_set():
-            self._complete(ex, started_at, None, cancelled=True)
-        else:
-            self._complete(ex, started_at, script["exit"], cancelled=False)
+        self._end(reporter, started_at, None if cancel.is_set() else script["exit"])
 
     def _run_playbook(self, ex: str, name: str, steps: list[tuple[str, str, str]]) -> None:
-        started_at = self._started(ex, name, "playbook", ExecutionOptions())
-        for n, (sid, sname, command) in enumerate(steps, start=1):
-            self.publisher.publish(
-                PlaybookStepStartPayload(
-                    execution_id=ex,
-                    step_id=sid,
-                    step_number=n,
-                    total_steps=len(steps),
-                    step_name=sname,
-                    command=command,
-                ),
-                record={f"step:{n}": '{"status": "running"}'},
-            )
-            self._output(ex, f"{command}\n", step_id=sid)
-            self.publisher.publish(
-                PlaybookStepCompletePayload(
-                    execution_id=ex,
-                    step_id=sid,
-                    step_number=n,
-                    step_name=sname,
-                    success=True,
-                    exit_code=0,
-                    duration_ms=1,
-                    continue_on_error=False,
-                ),
-                record={f"step:{n}": '{"status": "completed", "exitCode": 0, "durationMs": 1}'},
-            )
-        self._complete(ex, started_at, 0, cancelled=False)
+        reporter = Reporter(self.publisher, ex, worker="fake")
+        started_at = reporter.started(name, CommandType.PLAYBOOK, ExecutionOptions())
+        for n, step in enumerate(steps, start=1):
+            command = step[2]
+            publish_passing_step(reporter, n, len(steps), step, [f"{command}\n"], duration_ms=1)
+        self._end(reporter, started_at, 0)

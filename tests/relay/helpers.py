@@ -18,8 +18,8 @@ import redis
 from events.keys import Keys
 from events.settings import Settings
 from events.subscriber import iter_history
+from tests.helpers import connection_env, http_status, wait_until
 from tests.helpers import free_port as free_port
-from tests.helpers import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -89,15 +89,15 @@ def start_relay(
 ) -> RelayProcess:
     """Start uvicorn and wait until /healthz answers with one of `ready_status`."""
     tokens = tuple(tokens)
-    assert settings.redis_url is not None
     full_env = {
         k: v for k, v in os.environ.items() if not k.startswith(("CLOUDOPS_", "RELAY_TEST_"))
     }
+    full_env.update(connection_env(settings))  # its Redis (or sentinels) and broker
     full_env.update(
         {
-            "CLOUDOPS_REDIS_URL": settings.redis_url,
-            "CLOUDOPS_KEY_PREFIX": settings.key_prefix,
             "CLOUDOPS_API_TOKENS": ",".join(tokens),
+            # The relay's reaper judges leases: the same TTL as the workers' (worker_env).
+            "CLOUDOPS_LEASE_TTL_S": str(settings.lease_ttl_s),
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -107,9 +107,7 @@ def start_relay(
     cmd = [
         sys.executable,
         "-m",
-        "uvicorn",
-        "tests.relay.launcher:make_app",
-        "--factory",
+        "tests.relay.launcher",
         "--host",
         "127.0.0.1",
         "--port",
@@ -124,11 +122,7 @@ def start_relay(
     def healthy() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"relay exited with {proc.returncode}:\n{relay.logs()}")
-        try:
-            status = httpx.get(f"{relay.base_url}/healthz", timeout=1.0).status_code
-            return status in ready_status
-        except httpx.HTTPError:
-            return False
+        return http_status(f"{relay.base_url}/healthz") in ready_status
 
     try:
         wait_for(healthy, timeout_s, 0.05, "the relay's /healthz")
@@ -178,7 +172,7 @@ def sse_events(lines: Iterable[str]) -> Iterator[SseMessage]:
 
 # -- Redis ------------------------------------------------------------------------------------
 def history_json(rclient: redis.Redis, keys: Keys, execution_id: str) -> list[str]:
-    return [ev.data for ev in iter_history(rclient, keys, execution_id)]
+    return [ev.data.decode() for ev in iter_history(rclient, keys, execution_id)]
 
 
 def output_of(envelopes: Iterable[str]) -> str:

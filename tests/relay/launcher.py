@@ -1,20 +1,30 @@
-"""The relay as the tests run it: `uvicorn --factory tests.relay.launcher:make_app`.
+"""The relay as the tests run it: `python -m tests.relay.launcher --port P`, served by
+`api.server.serve` (uvicorn with the relay's limits, as `cloudops relay` runs it) with
+`make_app` as the factory.
 
 Settings come from the CLOUDOPS_* environment as in production; the relay's own knobs and
-the dispatcher from RELAY_TEST_* variables (test-only).
+the dispatcher from RELAY_TEST_* variables (test-only). `POST /test-only/revoke` with a token
+in `{"token": ...}` revokes it in this process: what a token store will do (issue 16), for the
+tests of open streams ending on revocation.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 
 from fastapi import FastAPI
+from pydantic import BaseModel
 
 from api.app import create_app
+from api.auth import token_id
 from api.options import RelayOptions
+from api.server import serve
+from cli.relay import relay_app
+from cli.wiring import ReaperService, fleet
+from events.db.playbooks import PlaybookStore
 from events.settings import Settings
 from tests.relay.fake_dispatch import FakeDispatcher
-from worker.dispatch import Dispatcher
 
 
 def make_app() -> FastAPI:
@@ -24,11 +34,46 @@ def make_app() -> FastAPI:
         stall_limit_s=float(env.get("RELAY_TEST_STALL_LIMIT_S", "30")),
         idle_refill_s=float(env.get("RELAY_TEST_IDLE_REFILL_S", "1")),
     )
-    dispatcher: Dispatcher
     if env.get("RELAY_TEST_DISPATCHER") == "celery":
-        from worker.celery_dispatch import CeleryDispatcher
-
-        dispatcher = CeleryDispatcher(settings)
+        app = relay_app(settings, options)  # exactly `cloudops relay`
     else:
-        dispatcher = FakeDispatcher(settings)
-    return create_app(settings, dispatcher, options=options)
+        # The scripted dispatcher, with the relay's reaper as `cloudops relay` runs it.
+        parts = fleet(settings)
+        reaper = ReaperService(parts.runtime, parts.dispatcher.tasks)
+        fake = FakeDispatcher(settings)
+        # With CLOUDOPS_DATABASE_URL, saved playbooks too (checked by the real loader).
+        store = None if parts.engine is None else PlaybookStore(parts.engine, fake.check_playbook)
+        app = create_app(settings, fake, options=options, services=[reaper], playbooks=store)
+    _add_revoke_route(app)
+    return app
+
+
+class _Revoke(BaseModel):
+    token: str
+
+
+def _add_revoke_route(app: FastAPI) -> None:
+    @app.post("/test-only/revoke", include_in_schema=False)
+    async def revoke(body: _Revoke) -> dict[str, str]:
+        app.state.relay.auth.revoke(token_id(body.token))
+        return {"revoked": token_id(body.token)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--timeout-graceful-shutdown", type=int, default=2)
+    args = parser.parse_args()
+    serve(
+        "tests.relay.launcher:make_app",
+        Settings.from_env(),
+        host=args.host,
+        port=args.port,
+        factory=True,
+        timeout_graceful_shutdown=args.timeout_graceful_shutdown,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -10,16 +10,12 @@ from collections.abc import Sequence
 import redis
 
 from events.keys import Keys
-from events.models import (
-    ExecutionCompletePayload,
-    ExecutionOptions,
-    ExecutionOutputPayload,
-    ExecutionStartedPayload,
-    utc_now,
-)
+from events.lifecycle import Reporter
+from events.models import ExecutionOptions, utc_now
 from events.publisher import Publisher
-from events.records import RecordStore
+from events.record_store import RecordStore
 from events.settings import Settings
+from events.vocabulary import CommandType, Status
 
 
 class ScriptedRun(threading.Thread):
@@ -46,7 +42,11 @@ class ScriptedRun(threading.Thread):
         self.finished_at: float | None = None
         self.error: BaseException | None = None
         RecordStore(client, self.keys, settings).create(
-            execution_id, command="scripted", command_type="script", options={}, queued_at=utc_now()
+            execution_id,
+            command="scripted",
+            command_type=CommandType.SCRIPT,
+            options={},
+            queued_at=utc_now(),
         )
 
     @property
@@ -60,27 +60,14 @@ class ScriptedRun(threading.Thread):
             self.error = e
 
     def _run(self) -> None:
-        ex, pub = self.execution_id, self.publisher
+        pub = self.publisher
+        reporter = Reporter(pub, self.execution_id)
         if self.start_event is not None:
             self.start_event.wait()
-        started = utc_now()
-        pub.publish(
-            ExecutionStartedPayload(
-                execution_id=ex,
-                command="scripted",
-                command_type="script",
-                started_at=started,
-                options=ExecutionOptions(),
-            ),
-            record={"status": "running", "startedAt": started},
-        )
+        started = reporter.started("scripted", CommandType.SCRIPT, ExecutionOptions())
         t0 = time.monotonic()
         for n, chunk in enumerate(self.chunks, start=1):
-            pub.publish(
-                ExecutionOutputPayload(
-                    execution_id=ex, output=chunk, stream="stdout", timestamp=utc_now()
-                )
-            )
+            reporter.output("stdout", chunk)
             self.published = n
             if self.rate_per_s and n % 20 == 0:
                 ahead_s = n / self.rate_per_s - (time.monotonic() - t0)
@@ -88,17 +75,6 @@ class ScriptedRun(threading.Thread):
                     time.sleep(ahead_s)
             if n % 500 == 0:
                 pub.flush(30)  # keep the publisher's buffer small: nothing dropped
-        done = utc_now()
-        pub.publish(
-            ExecutionCompletePayload(
-                execution_id=ex,
-                status="completed",
-                started_at=started,
-                completed_at=done,
-                duration_ms=1,
-                exit_code=0,
-            ),
-            record={"status": "completed", "completedAt": done, "exitCode": 0, "durationMs": 1},
-        )
+        reporter.complete(Status.COMPLETED, started, exit_code=0)
         pub.close(30)
         self.finished_at = time.monotonic()

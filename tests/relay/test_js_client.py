@@ -17,7 +17,13 @@ import pytest
 import redis
 
 from api.app import STATIC_DIR
+from events.keys import Keys
+from events.lifecycle import Reporter
+from events.models import ExecutionOptions, utc_now
+from events.publisher import Publisher
+from events.record_store import RecordStore
 from events.settings import Settings
+from events.vocabulary import CommandType, HostStatus, Status
 from tests.relay.conftest import StartRelay
 from tests.relay.helpers import REPO, RelayProcess, free_port
 from tests.relay.publish import ScriptedRun
@@ -124,3 +130,61 @@ def test_relay_restart_mid_stream_resumes_without_gap(
     outputs = [m["payload"]["output"] for m in received if m["event"] == "execution_output"]
     assert "".join(outputs) == "".join(chunks)
     print(f"\nJS client: resumed after a relay restart ({downtime_s:.1f} s until the end)")
+
+
+def test_listen_delivers_the_fan_out_events(
+    relay: RelayProcess, settings: Settings, rclient: redis.Redis, token: str
+) -> None:
+    ex = "ex_js_" + uuid.uuid4().hex[:8]
+    keys = Keys(settings.key_prefix)
+    RecordStore(rclient, keys, settings).create(
+        ex, command="fleet", command_type=CommandType.PLAYBOOK, options={}, queued_at=utc_now()
+    )
+    publisher = Publisher(rclient, keys, settings)
+    node = NodeProcess(relay.base_url, token, "follow", ex)
+    try:
+        assert node.next() == {"ready": True}
+        r = Reporter(publisher, ex, worker="web1@eu")
+        started = r.started("fleet", CommandType.PLAYBOOK, ExecutionOptions())
+        r.step_start(
+            step_id="s",
+            step_number=1,
+            total_steps=1,
+            step_name="s",
+            command="x",
+            attempt=1,
+            hosts=["web1@eu"],
+        )
+        r.host = "web1@eu"
+        r.host_start(step_id="s", step_number=1, attempt=1)
+        r.output("stdout", "hi\n")
+        r.host_complete(
+            step_id="s",
+            step_number=1,
+            host="web1@eu",
+            status=HostStatus.COMPLETED,
+            exit_code=0,
+            duration_ms=5,
+            error=None,
+        )
+        r.complete(Status.COMPLETED, started, exit_code=0)
+        publisher.flush(10)
+        got = [node.next() for _ in range(4)]
+    finally:
+        node.stop()
+        publisher.close(timeout_s=5)
+    assert [(m["id"], m["event"]) for m in got] == [
+        (3, "playbook_host_start"),
+        (4, "execution_output"),
+        (5, "playbook_host_complete"),
+        (6, "execution_complete"),
+    ]
+    assert got[0]["payload"] == {
+        "executionId": ex,
+        "stepId": "s",
+        "stepNumber": 1,
+        "host": "web1@eu",
+        "attempt": 1,
+    }
+    assert got[1]["payload"]["host"] == "web1@eu"
+    assert got[2]["payload"]["status"] == "completed" and got[2]["payload"]["success"] is True

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from events.db import migrate
+from tests.relay.conftest import StartRelay
 from tests.relay.helpers import REPO, RelayProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -28,6 +30,13 @@ CHECKS = [
     "unsupported_method",
     "ignored_auth",
 ]
+
+
+@pytest.fixture
+def relay(start: StartRelay, tmp_path: Path) -> RelayProcess:
+    """The scripted relay with a history database: saved playbooks' routes are fuzzed too."""
+    url = migrate.ensure_sqlite(tmp_path / "history.db")
+    return start(env={"CLOUDOPS_SSE_PING_INTERVAL_S": "0.5", "CLOUDOPS_DATABASE_URL": url})
 
 
 def test_schemathesis_finds_no_server_error(relay: RelayProcess, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from events.settings import Settings
+from tests.relay.conftest import StartRelay
 from tests.relay.helpers import RelayProcess, sse_events, wait_for
 from tests.relay.publish import ScriptedRun
 
@@ -100,3 +101,27 @@ def test_resume_after_200_disconnects_during_100k_lines(
         f" first event after reconnect: median {statistics.median(reconnect_s) * 1000:.1f} ms,"
         f" max {max(reconnect_s) * 1000:.1f} ms"
     )
+
+
+def test_after_beyond_the_end_of_a_running_execution_closes_with_it(start: StartRelay) -> None:
+    """Issue 20 finding 9: `after` past the last id of a running execution waited forever
+    (or, at best, for the idle refill: 15 s by default, 30 s here)."""
+    from tests.relay.test_rest import submit
+
+    relay = start(env={"RELAY_TEST_IDLE_REFILL_S": "30"})
+    api = relay.client()
+    ex = submit(api, "lines=3 hold=1")
+    wait_for(lambda: api.get(f"/api/executions/{ex}").json()["status"] == "running", 10.0)
+    with api.stream("GET", f"/api/executions/{ex}/events", params={"after": 1000}) as stream:
+        assert stream.status_code == 200
+        lines = stream.iter_lines()
+        assert next(lines).startswith("retry:")
+        api.post(f"/api/executions/{ex}/cancel").raise_for_status()
+        t0 = time.monotonic()
+        rest = [line for line in lines if line and not line.startswith(":")]
+        took_s = time.monotonic() - t0
+    assert rest == [], "nothing after id 1000: no event, and the stream ends"
+    assert took_s < 5, f"closed {took_s:.1f} s after the end"
+    # Resumed at or past the end: 204, nothing to reconnect for.
+    assert api.get(f"/api/executions/{ex}/events", params={"after": 1000}).status_code == 204
+    api.close()

@@ -1,5 +1,6 @@
 """Slow clients: one that reads nothing for 10 s during fast output neither grows the relay's
-memory past a bound nor slows another client, and then gets everything; one that stays stuck
+memory past a bound nor slows another client; it is dropped once it left more than
+CLOUDOPS_STREAM_BUFFER_BYTES waiting, and gets everything by resuming; one that stays stuck
 past the stall limit is closed with a reason (SSE and WebSocket) and resumes."""
 
 from __future__ import annotations
@@ -122,17 +123,41 @@ def test_client_reading_nothing_for_10s(
     t_start = time.monotonic()
     go.set()
 
-    # The slow client reads nothing for 10 s while the output flows.
+    # The slow client reads nothing for 10 s while the output flows: it is dropped as soon as
+    # 4 MiB (the default bound) wait for it, long before the 30 s stall limit.
+    wait_for(
+        lambda: (
+            'cloudops_relay_clients_dropped_total{reason="buffer"} 1.0' in api.get("/metrics").text
+        ),
+        8.0,
+        0.1,
+        "the slow client to be dropped",
+    )
+    dropped_after_s = time.monotonic() - t_start
     wait_for(lambda: time.monotonic() - t_start >= 10.0, 15.0, 0.1)
     peak_during_stall = max(sampler.samples)
     slow_ids: list[int] = []
     slow_out: list[str] = []
-    for m in sse_events(slow.lines()):
+    comments: list[str] = []
+    for m in parse_sse(slow.lines()):
+        if m.kind == "comment":
+            comments.append(m.data)
+        if m.kind != "event":
+            continue
         env = json.loads(m.data)
         slow_ids.append(env["id"])
         if env["event"] == "execution_output":
             slow_out.append(env["payload"]["output"])
     slow.close()
+    assert not comments or comments[-1].startswith("error: slow client, left more than")
+    # It resumes where it was dropped and gets the rest.
+    resumed = RawSseClient(relay, f"/api/executions/{ex}/events", last_event_id=slow_ids[-1])
+    for m in sse_events(resumed.lines()):
+        env = json.loads(m.data)
+        slow_ids.append(env["id"])
+        if env["event"] == "execution_output":
+            slow_out.append(env["payload"]["output"])
+    resumed.close()
     fast.join(30)
     run.join(30)
     sampler.stopped.set()
@@ -150,7 +175,8 @@ def test_client_reading_nothing_for_10s(
     dropped = api.get("/metrics").text
     print(
         f"\nslow client: {total} events, {len(''.join(chunks)) / MIB:.0f} MiB of output in"
-        f" {run.finished_at and run.finished_at - t_start:.1f} s; relay RSS baseline"
+        f" {run.finished_at and run.finished_at - t_start:.1f} s; dropped after"
+        f" {dropped_after_s:.1f} s; relay RSS baseline"
         f" {baseline / MIB:.1f} MiB, growth while the client read nothing"
         f" {stall_growth_mib:.1f} MiB, overall {growth_mib:.1f} MiB;"
         f" other client's latency p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms,"
@@ -159,7 +185,7 @@ def test_client_reading_nothing_for_10s(
     # Unbounded buffering would have held the 10 s backlog: ~40 MiB.
     assert growth_mib < 20, f"relay RSS grew {growth_mib:.1f} MiB"
     assert p99 < 0.5, f"the other client's p99 latency was {p99 * 1000:.0f} ms"
-    assert "cloudops_clients_dropped_total 0" in dropped
+    assert "cloudops_clients_dropped_total 1" in dropped
 
 
 @pytest.fixture
@@ -167,13 +193,19 @@ def quick_stall_relay(start: StartRelay) -> RelayProcess:
     return start(env={"RELAY_TEST_STALL_LIMIT_S": "2"})
 
 
+def stall_run(rclient: redis.Redis, settings: Settings, prefix: str) -> tuple[str, ScriptedRun]:
+    """An execution of 8000 lines of 4 KiB at 2000/s: more than a stuck client's socket
+    buffers hold, so its stream stalls."""
+    ex = prefix + uuid.uuid4().hex[:8]
+    chunks = [chunk_text(n, 4096) for n in range(1, 8001)]
+    return ex, ScriptedRun(rclient, settings, ex, chunks, rate_per_s=2000)
+
+
 def test_stuck_sse_client_is_closed_with_a_reason_and_resumes(
     quick_stall_relay: RelayProcess, settings: Settings, rclient: redis.Redis
 ) -> None:
     relay = quick_stall_relay
-    chunks = [chunk_text(n, 4096) for n in range(1, 8001)]
-    ex = "ex_stuck_" + uuid.uuid4().hex[:8]
-    run = ScriptedRun(rclient, settings, ex, chunks, rate_per_s=2000)
+    ex, run = stall_run(rclient, settings, "ex_stuck_")
     stuck = RawSseClient(relay, f"/api/executions/{ex}/events")
     with relay.client() as api:
         wait_for(lambda: 'kind="sse"} 1' in api.get("/metrics").text, 10.0, 0.05)
@@ -209,9 +241,7 @@ def test_stuck_ws_client_is_closed_1013_and_resumes(
     quick_stall_relay: RelayProcess, settings: Settings, rclient: redis.Redis
 ) -> None:
     relay = quick_stall_relay
-    chunks = [chunk_text(n, 4096) for n in range(1, 8001)]
-    ex = "ex_stuckws_" + uuid.uuid4().hex[:8]
-    run = ScriptedRun(rclient, settings, ex, chunks, rate_per_s=2000)
+    ex, run = stall_run(rclient, settings, "ex_stuckws_")
     sock = socket.create_connection(("127.0.0.1", relay.port))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
     # No permessage-deflate: 4 KiB of "xxx" would shrink to a few bytes and never fill a buffer.

@@ -12,6 +12,7 @@ import redis
 
 from events.keys import Keys
 from tests.conftest import StartWorker
+from tests.helpers import wait_until
 from tests.relay.conftest import StartRelay
 from tests.relay.helpers import RelayProcess, history_json, output_of, sse_events
 from tests.relay.test_rest import wait_status
@@ -99,5 +100,43 @@ def test_playbook_and_dispatcher_validation(celery_relay: RelayProcess) -> None:
         bad = {"commandType": "playbook", "playbook": {"name": "x", "steps": [{"name": "no cmd"}]}}
         resp = api.post("/api/executions", json=bad)
         assert resp.status_code == 422
-        detail = resp.json()["detail"]
-        assert detail.startswith("playbook: ") and "command" in detail, detail
+        # A bad playbook's detail lists every problem, FastAPI's shape (CONTRACT §5).
+        assert resp.json()["detail"] == [
+            {
+                "loc": ["body", "playbook", "steps", 0, "command"],
+                "msg": "<request>, step 1 (step_1), field command: is missing"
+                " (every step needs `command`)",
+            }
+        ]
+
+
+def _sample(text: str, name: str) -> float:
+    lines = [ln for ln in text.splitlines() if ln.startswith(name + " ")]
+    assert lines, f"no {name} in /metrics"
+    return float(lines[0].split()[1])
+
+
+def test_metrics_histograms_count_each_execution_once(celery_relay: RelayProcess) -> None:
+    with celery_relay.client() as api:
+        ids = [submit(api, {"commandType": "script", "command": f"echo {n}"}) for n in range(3)]
+        failed = submit(api, {"commandType": "script", "command": "exit 3"})
+        for ex in ids:
+            wait_status(api, ex, "completed")
+        wait_status(api, failed, "failed")
+        live = submit(api, {"commandType": "script", "command": "sleep 0.3; echo late"})
+        with api.stream("GET", f"/api/executions/{live}/events") as stream:
+            list(sse_events(stream.iter_lines()))
+
+        def counted() -> str:
+            # Counted by the worker right after its execution_complete went out.
+            text = api.get("/metrics").text
+            return text if _sample(text, "cloudops_execution_queue_wait_seconds_count") >= 5 else ""
+
+        text = wait_until(counted, 10, 0.05, "the last execution to be counted")
+    assert _sample(text, "cloudops_execution_duration_seconds_count") == 5
+    assert _sample(text, "cloudops_execution_queue_wait_seconds_count") == 5
+    assert _sample(text, 'cloudops_execution_duration_seconds_bucket{le="+Inf"}') == 5
+    assert _sample(text, "cloudops_execution_duration_seconds_sum") >= 0.3
+    assert "# TYPE cloudops_relay_delivery_seconds histogram" in text
+    # The late line and the end came live through the hub to this SSE client.
+    assert _sample(text, "cloudops_relay_delivery_seconds_count") >= 1

@@ -6,18 +6,27 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from events.models import RawEvent
 from events.settings import Settings
 from events.subscriber import Follower
+from events.wire import RawEvent
 from tests.conftest import REDIS_URL
-from worker.celery_dispatch import CeleryDispatcher
+from tests.helpers import CeleryDispatcher
+
+__all__ = ["CeleryDispatcher", "Collect"]
 
 
 @pytest.fixture
-def settings(key_prefix: str) -> Settings:
+def settings(key_prefix: str, broker_url: str | None) -> Settings:
     # Shorter grace and lease than production so that kill and loss tests end quickly; the
-    # start_worker fixture passes these to the worker processes.
-    return Settings(redis_url=REDIS_URL, key_prefix=key_prefix, kill_grace_s=2.0, lease_ttl_s=4)
+    # start_worker fixture passes these to the worker processes. `broker_url`: RabbitMQ for the
+    # tests marked `brokers` (tests/conftest.py), else the Redis broker.
+    return Settings(
+        redis_url=REDIS_URL,
+        key_prefix=key_prefix,
+        broker_url=broker_url,
+        kill_grace_s=2.0,
+        lease_ttl_s=4,
+    )
 
 
 @pytest.fixture

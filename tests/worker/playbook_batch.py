@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from events.subscriber import iter_history
-from tests.helpers import payloads
-from worker.celery_dispatch import CeleryDispatcher
+from tests.helpers import CeleryDispatcher, payloads
 
 
 def true_playbook(steps: int = 3, name: str = "batch of true") -> str:

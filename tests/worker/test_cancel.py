@@ -16,9 +16,14 @@ import pytest
 
 from events.models import ExecutionOptions
 from tests.conftest import StartWorker
-from tests.helpers import live_pids_with, output_of, payloads, wait_until
-from tests.worker.conftest import Collect
-from worker.celery_dispatch import CeleryDispatcher
+from tests.helpers import (
+    live_pids_with,
+    output_of,
+    payloads,
+    wait_task_disposed,
+    wait_until,
+)
+from tests.worker.conftest import CeleryDispatcher, Collect
 
 pytestmark = pytest.mark.integration
 
@@ -65,6 +70,7 @@ def test_timeout_kills_the_whole_tree(
     assert_tree_dead(marker)
 
 
+@pytest.mark.brokers
 def test_cancel_running_kills_the_whole_tree_then_reports(
     start_worker: StartWorker, dispatcher: CeleryDispatcher, collect: Collect
 ) -> None:
@@ -108,6 +114,7 @@ def test_cancel_mark_wins_when_the_revoke_broadcast_is_missed(
     assert_tree_dead(marker)
 
 
+@pytest.mark.brokers
 def test_cancel_while_no_worker_runs_then_worker_starts(
     start_worker: StartWorker, dispatcher: CeleryDispatcher, collect: Collect, tmp_path: Path
 ) -> None:
@@ -119,18 +126,12 @@ def test_cancel_while_no_worker_runs_then_worker_starts(
     assert payloads(events)[-1]["status"] == "cancelled"
     worker = start_worker()
     # The worker receives the task and refuses it: revoked, or our claim says cancelled.
-    wait_until(
-        lambda: (
-            f"revoked task: cloudops.run_command[{ex}]" in worker.log()
-            or f"[{ex}] succeeded" in worker.log()
-        ),
-        20,
-        what="the worker to dispose of the task",
-    )
+    wait_task_disposed(worker, "cloudops.run_command", ex)
     assert not flag.exists()
     assert dispatcher.rt.redis.xlen(dispatcher.rt.keys.history(ex)) == 2
 
 
+@pytest.mark.brokers
 def test_worker_sigkilled_mid_run_fails_as_lost_and_never_reruns(
     start_worker: StartWorker, dispatcher: CeleryDispatcher, collect: Collect, tmp_path: Path
 ) -> None:
@@ -138,7 +139,9 @@ def test_worker_sigkilled_mid_run_fails_as_lost_and_never_reruns(
     marker = new_marker()
     runs = tmp_path / "runs"
     ex = dispatcher.submit_command(f"echo run >> {runs}; sleep {marker}; echo never", "script")
-    wait_until(lambda: live_pids_with(marker), 10)
+    # The marker is in the shell's command line too: wait for its first line to have run, or
+    # a kill before `echo` wrote would leave the file empty.
+    wait_until(lambda: live_pids_with(marker) and runs.exists() and runs.read_text(), 10)
     t0 = time.monotonic()
     os.kill(worker.pid, signal.SIGKILL)  # the worker's main process, as OOM or kill -9 would
     # billiard's pool processes die with their parent, and so does the command's leader
@@ -156,6 +159,7 @@ def test_worker_sigkilled_mid_run_fails_as_lost_and_never_reruns(
     assert ex not in back.log()
 
 
+@pytest.mark.brokers
 def test_whole_worker_tree_killed_is_reaped_by_another_worker(
     start_worker: StartWorker, dispatcher: CeleryDispatcher, collect: Collect
 ) -> None:

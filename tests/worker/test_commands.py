@@ -10,9 +10,8 @@ import pytest
 
 from events.models import ExecutionOptions, decode
 from tests.conftest import StartWorker
-from tests.helpers import output_of, payloads
+from tests.helpers import CeleryDispatcher, output_of, payloads
 from tests.worker.conftest import Collect
-from worker.celery_dispatch import CeleryDispatcher
 
 pytestmark = pytest.mark.integration
 
@@ -22,6 +21,7 @@ def _worker(start_worker: StartWorker) -> None:
     start_worker(concurrency=2)
 
 
+@pytest.mark.brokers
 def test_stdout_and_stderr_give_the_exact_event_sequence(
     dispatcher: CeleryDispatcher, collect: Collect
 ) -> None:
@@ -155,8 +155,43 @@ def test_secrets_are_masked_even_when_split_across_reads(
         "script",
     )
     events = collect(ex)
-    text = "".join(e.data for e in events)
+    text = "".join(e.data.decode() for e in events)
     assert "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY" not in text
     assert "hunter2" not in text and "very-secret" not in text
     assert output_of(events, "stdout") == "key=***\npw=***\n"
     assert output_of(events, "stderr") == "***\n"
+
+
+def test_secrets_are_masked_in_the_record_every_field_and_across_streams(
+    start_worker: StartWorker, dispatcher: CeleryDispatcher, collect: Collect
+) -> None:
+    """Issue 20 finding 8: a secret typed into a command line stayed in clear in the record's
+    `command` (and spec), and a value split between stdout and stderr was not masked."""
+    secret = "abc123secretXYZ"
+    start_worker(hostname="secrets2@test", queues="secrets2", env={"AWS_SECRET_ACCESS_KEY": secret})
+    dispatcher.settings = dispatcher.settings.with_(default_queue="secrets2")
+    rt = dispatcher.rt
+    typed = dispatcher.submit_command(
+        f"echo {secret}; printf abc123; sleep 0.3; printf 'secretXYZ\\n' >&2", "script"
+    )
+    bad_dir = dispatcher.submit_command(
+        "true", "script", ExecutionOptions(working_dir=f"/nonexistent/{secret}")
+    )
+    for ex in (typed, bad_dir):
+        events = collect(ex)
+        text = "".join(e.data.decode() for e in events)
+        assert secret not in text and "***" in text, ex
+        record = rt.records.raw(ex)
+        assert all(secret not in v for v in record.values()), record
+        assert "***" in record["command"] or "***" in record["options"]
+    events = collect(typed)
+    assert (
+        payloads(events)[0]["command"]
+        == "echo ***; printf abc123; sleep 0.3; printf 'secretXYZ\\n' >&2"
+    )
+    # The split value: begun on stdout, finished on stderr, masked where it began.
+    assert output_of(events, "stdout") == "***\n***"
+    assert output_of(events, "stderr") == "\n"
+    failed = payloads(collect(bad_dir))
+    assert failed[0]["options"]["workingDir"] == "/nonexistent/***"
+    assert failed[-1]["status"] == "failed" and "***" in failed[-1]["error"]

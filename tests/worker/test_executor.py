@@ -2,7 +2,8 @@
 
 A stream that trickles is held until its chunk is due instead of read at every write; these
 tests check what holding must not change (the relative order of stdout and stderr, every byte,
-a burst after a trickle) and that it does cut the reads.
+a burst after a trickle) and that it does cut the reads. With `idle` (the publisher's "nothing
+in flight") sparse output goes out at once and is not held; bursts still coalesce.
 """
 
 from __future__ import annotations
@@ -10,17 +11,35 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
+import time
+
+import pytest
 
 from events.coalescer import Stream
 from worker.executor import CommandSpec, Executor
 
 
-def run(script: str, *, flush_interval_ms: int = 20) -> tuple[Executor, list[tuple[Stream, str]]]:
+def run(
+    script: str,
+    *,
+    flush_interval_ms: int = 20,
+    idle: bool = False,
+    at: list[float] | None = None,
+) -> tuple[Executor, list[tuple[Stream, str]]]:
+    """Run the script; `idle`: what the publisher's "nothing in flight" always answers; `at`
+    gets when each chunk came out (time.monotonic, the clock the script can read too)."""
     chunks: list[tuple[Stream, str]] = []
+
+    def emit(stream: Stream, text: str) -> None:
+        chunks.append((stream, text))
+        if at is not None:
+            at.append(time.monotonic())
+
     executor = Executor(
         CommandSpec([sys.executable, "-c", textwrap.dedent(script)], env=dict(os.environ)),
-        lambda stream, text: chunks.append((stream, text)),
+        emit,
         flush_interval_ms=flush_interval_ms,
+        output_idle=lambda: idle,
     )
     try:
         result = executor.run()
@@ -38,7 +57,8 @@ def lines_in_order(chunks: list[tuple[Stream, str]]) -> list[tuple[Stream, str]]
     return out
 
 
-def test_alternating_streams_keep_their_order() -> None:
+@pytest.mark.parametrize("idle", [False, True])
+def test_alternating_streams_keep_their_order(idle: bool) -> None:
     """stdout trickles (so it is held) and stderr speaks between its lines: every stderr line
     must come out after the stdout line written before it and before the next one."""
     _, chunks = run(
@@ -50,7 +70,8 @@ def test_alternating_streams_keep_their_order() -> None:
             if i % 3 == 2:
                 os.write(2, b"err %d\\n" % i)
                 time.sleep(0.003)
-        """
+        """,
+        idle=idle,
     )
     expected: list[tuple[Stream, str]] = []
     for i in range(60):
@@ -60,7 +81,8 @@ def test_alternating_streams_keep_their_order() -> None:
     assert lines_in_order(chunks) == expected
 
 
-def test_a_trickling_stream_is_read_once_per_chunk_not_once_per_line() -> None:
+@pytest.mark.parametrize("idle", [False, True])
+def test_a_trickling_stream_is_read_once_per_chunk_not_once_per_line(idle: bool) -> None:
     """300 lines, one per ms: read at every write that is ~300 reads; held, about one read per
     20 ms window (and the one that noticed the data is the same read)."""
     executor, chunks = run(
@@ -71,13 +93,15 @@ def test_a_trickling_stream_is_read_once_per_chunk_not_once_per_line() -> None:
             os.write(1, b"%d\\n" % i)
             t += 0.001
             time.sleep(max(0.0, t - time.monotonic()))
-        """
+        """,
+        idle=idle,
     )
     assert lines_in_order(chunks) == [("stdout", str(i)) for i in range(300)]
     assert executor.reads < 100, f"{executor.reads} reads for 300 lines"
 
 
-def test_a_burst_after_a_trickle_arrives_whole() -> None:
+@pytest.mark.parametrize("idle", [False, True])
+def test_a_burst_after_a_trickle_arrives_whole(idle: bool) -> None:
     """A held stream that suddenly writes 4 MiB: nothing lost, nothing reordered, and the
     stream is drained at full speed again (chunks at the maximum size)."""
     _, chunks = run(
@@ -89,7 +113,8 @@ def test_a_burst_after_a_trickle_arrives_whole() -> None:
         os.write(2, b"burst\\n")
         sys.stdout.buffer.write(b"x" * (4 * 1024 * 1024) + b"\\nend\\n")
         sys.stdout.flush()
-        """
+        """,
+        idle=idle,
     )
     out = "".join(t for s, t in chunks if s == "stdout")
     assert out == "".join(f"tick {i}\n" for i in range(20)) + "x" * (4 * 1024 * 1024) + "\nend\n"
@@ -99,7 +124,8 @@ def test_a_burst_after_a_trickle_arrives_whole() -> None:
     assert max(len(t) for s, t in chunks if s == "stdout") == 64 * 1024
 
 
-def test_output_written_just_before_exit_is_not_lost_while_held() -> None:
+@pytest.mark.parametrize("idle", [False, True])
+def test_output_written_just_before_exit_is_not_lost_while_held(idle: bool) -> None:
     """The last lines trickle (held) and the command exits: they still come out."""
     _, chunks = run(
         """
@@ -110,5 +136,51 @@ def test_output_written_just_before_exit_is_not_lost_while_held() -> None:
         os.write(2, b"bye\\n")
         """,
         flush_interval_ms=1000,
+        idle=idle,
     )
     assert lines_in_order(chunks) == [("stdout", str(i)) for i in range(5)] + [("stderr", "bye")]
+
+
+def test_sparse_output_goes_out_at_once_when_nothing_is_in_flight() -> None:
+    """Each line after a quiet interval comes out without waiting for the (1 s) window: well
+    before the window, or before the command's exit flushes it."""
+    at: list[float] = []
+    _, chunks = run(
+        """
+        import os, time
+        os.write(1, b"%r\\n" % time.monotonic())
+        time.sleep(1.1)
+        os.write(1, b"%r\\n" % time.monotonic())
+        time.sleep(0.7)
+        """,
+        flush_interval_ms=1000,
+        idle=True,
+        at=at,
+    )
+    assert len(chunks) == 2
+    for (_, text), emitted in zip(chunks, at, strict=True):
+        # The fixed window: >= 1 s for the first, >= 0.7 s (the exit) for the second.
+        assert emitted - float(text) < 0.35
+
+
+@pytest.mark.parametrize(
+    ("idle", "expected"),
+    [
+        # The first line after the quiet goes alone; the lines right after it are a burst.
+        (True, [("stdout", "0\n"), ("stdout", "1\n2\n")]),
+        # Earlier output in flight: everything waits for the window, as before issue 19.
+        (False, [("stdout", "0\n1\n2\n")]),
+    ],
+)
+def test_lines_close_together_coalesce(idle: bool, expected: list[tuple[Stream, str]]) -> None:
+    _, chunks = run(
+        """
+        import os, time
+        for i in range(3):
+            os.write(1, b"%d\\n" % i)
+            time.sleep(0.05)
+        """,
+        flush_interval_ms=1000,
+        idle=idle,
+    )
+    assert chunks == expected

@@ -13,9 +13,16 @@ import pytest
 
 from events.models import ExecutionOptions
 from tests.conftest import StartWorker, worker_env
-from tests.helpers import cloudops_argv, free_port, output_of, payloads, start_process, wait_until
+from tests.helpers import (
+    CeleryDispatcher,
+    cloudops_argv,
+    free_port,
+    output_of,
+    payloads,
+    start_process,
+    wait_until,
+)
 from tests.worker.conftest import Collect
-from worker.celery_dispatch import CeleryDispatcher
 
 pytestmark = pytest.mark.integration
 
@@ -95,6 +102,7 @@ def test_aws_cli_command_must_start_with_aws(dispatcher: CeleryDispatcher) -> No
         dispatcher.submit_command("rm -rf /tmp/x", "aws_cli")
 
 
+@pytest.mark.brokers
 def test_flower_lists_the_task_with_name_worker_and_state(
     start_worker: StartWorker,
     dispatcher: CeleryDispatcher,

@@ -17,15 +17,23 @@ from typing import Any
 import pytest
 import redis
 
-from events.models import decode, parse_time
+from events.models import parse_time
 from events.records import ExecutionRecord
+from events.vocabulary import Status
 from tests.conftest import StartWorker
-from tests.helpers import live_pids_with, output_of, payloads, wait_until
+from tests.helpers import (
+    CeleryDispatcher,
+    assert_one_output_per_step,
+    live_pids_with,
+    output_of,
+    payloads,
+    wait_task_disposed,
+    wait_until,
+)
 from tests.worker.conftest import Collect
 from tests.worker.playbook_batch import drain_playbooks, history_problems
 from tests.worker.test_cancel import assert_tree_dead, new_marker, tree_script, wait_tree_up
-from worker.celery_dispatch import CeleryDispatcher
-from worker.playbook_spec import PlaybookError
+from worker.playbook.errors import PlaybookError
 from worker.reaper import reap_once
 
 pytestmark = pytest.mark.integration
@@ -65,14 +73,7 @@ def test_three_steps_give_the_exact_event_sequence_and_record(
     )
     ex = dispatcher.submit_playbook(text, source="three.yml")
     events = collect(ex)
-    assert [e.event for e in events] == [
-        "execution_started",
-        *(["playbook_step_start", "execution_output", "playbook_step_complete"] * 3),
-        "execution_complete",
-    ]
-    assert [e.id for e in events] == list(range(1, 12))
-    for e in events:
-        decode(e.data)
+    assert_one_output_per_step(events, steps=3)
     started = payloads(events, "execution_started")[0]
     assert started["commandType"] == "playbook" and started["command"] == "Three steps"
     assert started["options"] == {"timeout": 60} and started["worker"] == "solo@test"
@@ -132,12 +133,7 @@ def test_a_failed_step_stops_the_playbook_unless_it_may_fail(
         )
     )
     events = collect(stops)
-    assert step_events(events) == [
-        ("playbook_step_start", 1),
-        ("playbook_step_complete", 1),
-        ("playbook_step_start", 2),
-        ("playbook_step_complete", 2),
-    ]
+    assert step_events(events) == [(name, n) for n in (1, 2) for name in STEP_EVENTS]
     failed = payloads(events, "playbook_step_complete")[1]
     assert failed["success"] is False and failed["exitCode"] == 3
     assert failed["error"] == "exit code 3" and failed["continueOnError"] is False
@@ -232,6 +228,7 @@ def test_a_step_timeout_fails_the_step_and_times_out_the_playbook(
     assert [s.status for s in steps] == ["timeout", "completed"]
 
 
+@pytest.mark.brokers
 def test_each_step_runs_on_the_worker_of_its_queue(
     start_worker: StartWorker, dispatcher: CeleryDispatcher, collect: Collect
 ) -> None:
@@ -262,6 +259,7 @@ def test_each_step_runs_on_the_worker_of_its_queue(
     assert [s.worker for s in record(dispatcher, ex).steps or []] == hosts
 
 
+@pytest.mark.brokers
 def test_cancel_during_step_two_kills_it_and_step_three_never_starts(
     start_worker: StartWorker, dispatcher: CeleryDispatcher, collect: Collect, tmp_path: Path
 ) -> None:
@@ -327,7 +325,7 @@ def test_cancel_between_two_steps_ends_the_run_and_the_late_step_refuses(
     )
     # Waiting in a queue is not being lost: the reaper passes it by, lease or no lease.
     assert records.running_ids() == [] and not records.lease_alive(ex)
-    assert reap_once(dispatcher.rt) == []
+    assert reap_once(dispatcher.rt, dispatcher.tasks) == []
     assert record(dispatcher, ex).status == "running"
     dispatcher.cancel(ex)
     events = collect(ex, timeout_s=10)
@@ -338,18 +336,12 @@ def test_cancel_between_two_steps_ends_the_run_and_the_late_step_refuses(
     assert done["status"] == "cancelled" and done["startedAt"] == started["startedAt"]
     assert payloads(events, "execution_cancelled")[0]["partialOutput"] == "one\n"
     late = start_worker(hostname="late@test", queues="later")
-    wait_until(
-        lambda: (
-            f"revoked task: cloudops.run_playbook_step[{ex}.s2]" in late.log()
-            or f"[{ex}.s2] succeeded" in late.log()
-        ),
-        20,
-        what="the late worker to dispose of step 2",
-    )
+    wait_task_disposed(late, "cloudops.run_playbook_step", f"{ex}.s2")
     assert not flag.exists()
     assert dispatcher.rt.redis.xlen(dispatcher.rt.keys.history(ex)) == len(events)
 
 
+@pytest.mark.brokers
 def test_worker_lost_mid_step_fails_the_playbook_and_frees_its_slot(
     start_worker: StartWorker, dispatcher: CeleryDispatcher, collect: Collect
 ) -> None:
@@ -371,12 +363,7 @@ def test_worker_lost_mid_step_fails_the_playbook_and_frees_its_slot(
     doomed.kill_tree()  # the host is gone: main and pool processes at once
     events = collect(lost, timeout_s=30)
     assert time.monotonic() - t0 < 15  # lease 4 s + reaper scan every 2 s + slack
-    assert step_events(events) == [
-        ("playbook_step_start", 1),
-        ("playbook_step_complete", 1),
-        ("playbook_step_start", 2),
-        ("playbook_step_complete", 2),
-    ]
+    assert step_events(events) == [(name, n) for n in (1, 2) for name in STEP_EVENTS]
     step = payloads(events, "playbook_step_complete")[1]
     assert step["success"] is False and "worker lost" in step["error"]
     done = payloads(events)[-1]
@@ -398,7 +385,7 @@ BAD_PLAYBOOKS: list[tuple[str, str, dict[str, str] | None, str]] = [
     ("name: x\n", "steps", None, "playbook"),
     ("name: x\nsteps: []\n", "at least one step", None, "playbook"),
     ("name: x\nsteps: echo hi\n", "must be a list", None, "playbook"),
-    ("steps:\n  - command: echo\n", "name", None, "playbook"),
+    ("name: ''\nsteps:\n  - command: echo\n", "name", None, "playbook"),
     ("name: x\nstepz: []\nsteps:\n  - command: echo\n", "stepz", None, "playbook"),
     ("name: x\nsteps:\n  - name: no command\n", "command", None, "playbook"),
     ("name: x\nsteps:\n  - comand: echo\n", "comand", None, "playbook"),
@@ -444,6 +431,7 @@ def test_bad_playbooks_are_refused_before_anything_exists(
     assert list(rclient.scan_iter(match=f"{key_prefix}:*")) == []
 
 
+@pytest.mark.brokers
 def test_500_playbooks_at_once_all_complete_in_order(
     start_worker: StartWorker, dispatcher: CeleryDispatcher
 ) -> None:
@@ -476,7 +464,7 @@ def test_max_concurrent_one_never_overlaps(
     )
     ids = [dispatcher.submit_playbook(deploy) for _ in range(11)]
     # One runs, the rest wait queued (not failed) for the slot.
-    queued = [record(dispatcher, ex).status for ex in ids].count("queued")
+    queued = [record(dispatcher, ex).status for ex in ids].count(Status.QUEUED)
     assert queued >= 9
     # A waiting run can be cancelled: it leaves the waiting list and never starts.
     gone = ids.pop()
@@ -524,14 +512,14 @@ def test_a_worker_lost_between_hand_off_and_send_ends_the_run(
     ex = ghost_between_steps(dispatcher)
     records = dispatcher.rt.records
     assert ex in records.running_ids() and records.lease_alive(ex)
-    assert reap_once(dispatcher.rt) == []
+    assert reap_once(dispatcher.rt, dispatcher.tasks) == []
     rclient.delete(keys.lease(ex))  # the lease lapses: its worker stopped renewing it
-    assert reap_once(dispatcher.rt) == [ex]
+    assert reap_once(dispatcher.rt, dispatcher.tasks) == [ex]
     done = payloads(collect(ex, timeout_s=10))[-1]
     assert done["status"] == "failed" and "worker lost: ghost@test" in done["error"]
     assert record(dispatcher, ex).status == "failed"
     # The task, had it been sent after all, would be refused.
-    assert records.claim(ex, "late@test", f"{ex}.s2", expect="running", step=1) == "ended"
+    assert records.claim(ex, "late@test", f"{ex}.s2", expect=Status.RUNNING, step=1) == "ended"
 
 
 def test_a_confirmed_hand_off_waits_and_a_late_confirmation_spares_the_claimer(
@@ -541,13 +529,13 @@ def test_a_confirmed_hand_off_waits_and_a_late_confirmation_spares_the_claimer(
     ex = ghost_between_steps(dispatcher)
     assert records.handed_off(ex, 1)
     assert ex not in records.running_ids() and not records.lease_alive(ex)
-    assert reap_once(dispatcher.rt) == []
+    assert reap_once(dispatcher.rt, dispatcher.tasks) == []
     assert record(dispatcher, ex).status == "running"
 
     # Another host claims step 2 before the first worker confirms its send: the confirmation
     # must leave the claimer's lease and running-set entry alone.
     ex2 = ghost_between_steps(dispatcher)
-    assert records.claim(ex2, "fast@test", f"{ex2}.s2", expect="running", step=1) == "ok"
+    assert records.claim(ex2, "fast@test", f"{ex2}.s2", expect=Status.RUNNING, step=1) == "ok"
     assert not records.handed_off(ex2, 1)
     assert ex2 in records.running_ids() and records.lease_alive(ex2)
     assert records.field(ex2, "worker") == "fast@test"

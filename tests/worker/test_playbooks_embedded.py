@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,29 +13,47 @@ from typing import Any
 
 import pytest
 
-from events.models import RawEvent, decode, parse_time
+from cli.wiring import Local
+from cli.wiring import embedded as embedded_parts
+from events.models import parse_time
+from events.records import ExecutionRecord
 from events.settings import Settings
-from tests.helpers import REPO, cloudops_argv, payloads, venv_path_env
+from events.subscriber import Follower
+from events.vocabulary import Status
+from events.wire import RawEvent
+from tests.helpers import REPO, assert_one_output_per_step, cloudops_argv, embedded_env, payloads
 from tests.worker.test_cancel import assert_tree_dead, new_marker, tree_script, wait_tree_up
-from worker.embedded import EmbeddedDispatcher, MemoryBus
-from worker.playbook_spec import PlaybookError
+from worker.playbook.errors import PlaybookError
+
+
+class Embedded:
+    """Embedded mode as `cloudops run` wires it (cli.wiring.embedded), seen by a test."""
+
+    def __init__(self, parts: Local) -> None:
+        self.parts = parts
+        self.rt = parts.runtime
+        self.submit_playbook = parts.dispatcher.submit_playbook
+        self.submit_command = parts.dispatcher.submit_command
+        self.cancel = parts.dispatcher.cancel
+        self.worker = parts.dispatcher.tasks.worker  # type: ignore[attr-defined]
+
+    def record(self, ex: str) -> ExecutionRecord | None:
+        return self.rt.records.get(ex)
+
+    def records(self) -> list[ExecutionRecord]:
+        return self.rt.records.recent(limit=1000)
 
 
 @pytest.fixture
-def embedded() -> Iterator[EmbeddedDispatcher]:
-    yield EmbeddedDispatcher(Settings(kill_grace_s=1.0))
+def embedded() -> Iterator[Embedded]:
+    yield Embedded(embedded_parts(Settings(kill_grace_s=1.0)))
 
 
-def memory_bus(d: EmbeddedDispatcher) -> MemoryBus:
-    assert isinstance(d.bus, MemoryBus)
-    return d.bus
+def follow(d: Embedded, ex: str) -> list[RawEvent]:
+    return list(Follower(d.rt.redis, d.rt.keys, ex))
 
 
-def follow(d: EmbeddedDispatcher, ex: str) -> list[RawEvent]:
-    return list(memory_bus(d).follow(ex))
-
-
-def test_embedded_playbook_gives_the_fleet_events(embedded: EmbeddedDispatcher) -> None:
+def test_embedded_playbook_gives_the_fleet_events(embedded: Embedded) -> None:
     ex = embedded.submit_playbook(
         {
             "name": "Embedded",
@@ -49,14 +66,7 @@ def test_embedded_playbook_gives_the_fleet_events(embedded: EmbeddedDispatcher) 
         {"word": "three; echo injected"},
     )
     events = follow(embedded, ex)
-    assert [e.event for e in events] == [
-        "execution_started",
-        *(["playbook_step_start", "execution_output", "playbook_step_complete"] * 3),
-        "execution_complete",
-    ]
-    assert [e.id for e in events] == list(range(1, 12))
-    for e in events:
-        decode(e.data)
+    assert_one_output_per_step(events, steps=3)
     started = payloads(events, "execution_started")[0]
     assert started["commandType"] == "playbook" and started["worker"] == embedded.worker
     assert [(p["stepId"], p["output"]) for p in payloads(events, "execution_output")] == [
@@ -67,7 +77,7 @@ def test_embedded_playbook_gives_the_fleet_events(embedded: EmbeddedDispatcher) 
     two = payloads(events, "playbook_step_complete")[1]
     assert two["success"] is False and two["exitCode"] == 5 and two["continueOnError"] is True
     assert payloads(events)[-1]["status"] == "completed"
-    rec = embedded.bus.record(ex)
+    rec = embedded.record(ex)
     assert rec is not None and rec.status == "completed"
     assert [(s.step_id, s.status) for s in rec.steps or []] == [
         ("one", "completed"),
@@ -77,7 +87,7 @@ def test_embedded_playbook_gives_the_fleet_events(embedded: EmbeddedDispatcher) 
 
 
 def test_embedded_failure_stops_and_bad_playbooks_are_refused(
-    embedded: EmbeddedDispatcher,
+    embedded: Embedded,
 ) -> None:
     ex = embedded.submit_playbook(
         {"name": "Stops", "steps": [{"command": "exit 2"}, {"command": "echo never"}]}
@@ -92,10 +102,10 @@ def test_embedded_failure_stops_and_bad_playbooks_are_refused(
             "name: x\nsteps:\n  - {id: a, command: echo}\n  - {id: a, command: echo}\n",
             source="bad.yml",
         )
-    assert [r.execution_id for r in memory_bus(embedded).records()] == [ex]
+    assert [r.execution_id for r in embedded.records()] == [ex]
 
 
-def test_embedded_cancel_mid_step(embedded: EmbeddedDispatcher, tmp_path: Path) -> None:
+def test_embedded_cancel_mid_step(embedded: Embedded, tmp_path: Path) -> None:
     marker = new_marker()
     flag = tmp_path / "step3"
     ex = embedded.submit_playbook(
@@ -127,7 +137,7 @@ def test_embedded_cancel_mid_step(embedded: EmbeddedDispatcher, tmp_path: Path) 
 
 
 def test_embedded_max_concurrent_waits_queued_and_a_waiting_run_can_be_cancelled(
-    embedded: EmbeddedDispatcher,
+    embedded: Embedded,
 ) -> None:
     deploy: dict[str, Any] = {
         "name": "Deploy",
@@ -135,8 +145,8 @@ def test_embedded_max_concurrent_waits_queued_and_a_waiting_run_can_be_cancelled
         "steps": [{"command": "sleep 0.2"}, {"command": "echo done"}],
     }
     ids = [embedded.submit_playbook(deploy) for _ in range(4)]
-    statuses = [r.status for r in map(embedded.bus.record, ids) if r is not None]
-    assert statuses.count("queued") >= 3
+    statuses = [r.status for r in map(embedded.record, ids) if r is not None]
+    assert statuses.count(Status.QUEUED) >= 3
     embedded.cancel(ids[-1])
     spans = []
     for ex in ids[:-1]:
@@ -151,18 +161,10 @@ def test_embedded_max_concurrent_waits_queued_and_a_waiting_run_can_be_cancelled
     assert [e.event for e in events] == ["execution_cancelled", "execution_complete"]
 
 
-def _embedded_env() -> dict[str, str]:
-    env = venv_path_env(dict(os.environ))
-    for name in list(env):
-        if name.startswith("CLOUDOPS_"):
-            del env[name]
-    return env
-
-
 def test_cli_runs_the_example_playbook_with_no_redis() -> None:
     argv = cloudops_argv("run", "--playbook", "deploy/examples/hello.yml", "--param", "greeting=hi")
     proc = subprocess.run(
-        argv, cwd=REPO, env=_embedded_env(), capture_output=True, text=True, timeout=60
+        argv, cwd=REPO, env=embedded_env(), capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("hi\n") and "progress 5/5\ndone\n" in proc.stdout
@@ -172,7 +174,7 @@ def test_cli_runs_the_example_playbook_with_no_redis() -> None:
 
     argv = cloudops_argv("run", "--json", "--playbook", "deploy/examples/hello.yml")
     proc = subprocess.run(
-        argv, cwd=REPO, env=_embedded_env(), capture_output=True, text=True, timeout=60
+        argv, cwd=REPO, env=embedded_env(), capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
     envelopes = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -187,9 +189,9 @@ def test_cli_refuses_a_bad_playbook_with_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yml"
     bad.write_text("name: x\nsteps:\n  - {command: echo, timeout: 0}\n")
     proc = subprocess.run(
-        [sys.executable, "-c", "from api.cli import main; main()", "run", "--playbook", str(bad)],
+        [sys.executable, "-c", "from cli.main import main; main()", "run", "--playbook", str(bad)],
         cwd=REPO,
-        env=_embedded_env(),
+        env=embedded_env(),
         capture_output=True,
         text=True,
         timeout=60,

@@ -77,7 +77,10 @@ if (mode === "api") {
 }
 
 if (mode === "follow") {
-  await events.listen("execution_output", (e) => out({ id: e.id, event: e.event, payload: e.payload }));
+  const print = (e) => out({ id: e.id, event: e.event, payload: e.payload });
+  await events.listen("execution_output", print);
+  await events.listen("playbook_host_start", print);
+  await events.listen("playbook_host_complete", print);
   await events.listen("execution_complete", (e) => {
     out({ id: e.id, event: e.event, payload: e.payload });
     client.close();

@@ -1,0 +1,72 @@
+"""What the relay needs of the side that runs executions; injected by the composition root.
+
+`api/` never starts a process: it asks a Dispatcher (worker.dispatcher.Dispatcher on a fleet
+and in embedded mode, a scripted one in the relay's tests) to start and cancel executions, and
+only reads what they publish.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from events.models import ExecutionOptions
+from events.requests import REQUEST_SOURCE, Params, PlaybookSource, SavedRef
+
+
+class Dispatcher(Protocol):
+    def submit_command(
+        self, command: str, command_type: str, options: ExecutionOptions | None = None
+    ) -> str:
+        """Queue a command; return its execution id. `command_type` is aws_cli or script;
+        InvalidRequestError names the bad field."""
+        ...
+
+    def submit_playbook(
+        self,
+        playbook: PlaybookSource,
+        params: Params = None,
+        *,
+        source: str = REQUEST_SOURCE,
+        saved: SavedRef | None = None,
+    ) -> str:
+        """Validate and queue a playbook (YAML text or parsed object); return its id. A bad
+        playbook or params raise events.errors.ProblemsError listing every problem. `saved`:
+        the saved playbook's name and version the record names (CONTRACT §10)."""
+        ...
+
+    def check_playbook(self, playbook: str, source: str) -> None:
+        """Validate a playbook about to be saved (InvalidRequestError naming the problems);
+        the params of its runs are not known yet."""
+        ...
+
+    def cancel(self, execution_id: str) -> None:
+        """Cancel a queued or running execution.
+
+        Raises UnknownExecutionError if there is no such execution and ExecutionEndedError if
+        it already ended (nothing changes then).
+        """
+        ...
+
+
+class Service(Protocol):
+    """Something the composition root runs beside the relay for its lifetime (the lost-worker
+    reaper, the history archiver): started when the relay starts, stopped when it stops."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class HealthCheck(Protocol):
+    """A dependency of the relay's routes besides its Redis (the broker), that /healthz
+    checks: injected by the composition root like the Dispatcher."""
+
+    @property
+    def name(self) -> str:
+        """How /healthz names it: `broker (RabbitMQ)`."""
+        ...
+
+    def check(self) -> None:
+        """Return when it answers, raise (anything) when not; bounded in time, run in a
+        thread."""
+        ...

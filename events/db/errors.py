@@ -1,0 +1,57 @@
+"""Errors of the history database; each derives from the project's one base, CloudOpsError."""
+
+from __future__ import annotations
+
+from events.errors import CloudOpsError, ConfigError
+
+
+class SchemaBehindError(CloudOpsError):
+    """The database has no schema yet, or an older one than this code needs."""
+
+    def __init__(self, current: str | None, head: str) -> None:
+        at = current or "empty"
+        super().__init__(
+            f"history database schema is behind (at {at}, needs {head}): run `cloudops db upgrade`"
+        )
+        self.current = current
+        self.head = head
+
+
+class SchemaAheadError(CloudOpsError):
+    """The database was migrated by a newer cloudops than this one."""
+
+    def __init__(self, current: str, head: str) -> None:
+        super().__init__(
+            f"history database schema {current} is newer than this cloudops knows (head {head}):"
+            " upgrade cloudops"
+        )
+        self.current = current
+        self.head = head
+
+
+class CorruptBatchError(CloudOpsError):
+    """A stored event batch does not hold the events its id range says."""
+
+    def __init__(self, execution_id: str, first_id: int, why: str) -> None:
+        super().__init__(f"event batch {execution_id}/{first_id} is corrupt: {why}")
+        self.execution_id = execution_id
+        self.first_id = first_id
+
+
+class DatabaseUnavailableError(CloudOpsError):
+    """The history database does not answer (or refused us); names it without its password."""
+
+    def __init__(self, where: str, why: str) -> None:
+        super().__init__(f"the history database ({where}) is unavailable: {why}")
+
+
+# The one wording of "no database", for the relay's 503 and the CLI's client alike.
+NO_DATABASE = "saved playbooks need the history database: CLOUDOPS_DATABASE_URL is not set"
+
+
+class NoDatabaseError(ConfigError):
+    """Something that lives only in the database (saved playbooks) was asked for on a fleet
+    without CLOUDOPS_DATABASE_URL."""
+
+    def __init__(self) -> None:
+        super().__init__(NO_DATABASE)

@@ -1,0 +1,32 @@
+"""Saved playbooks, every version kept (CONTRACT §10).
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-12-02
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | None = None
+depends_on: str | None = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "saved_playbooks",
+        sa.Column("name", sa.String(255), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("yaml", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_by", sa.String(255)),
+        sa.PrimaryKeyConstraint("name", "version", name="pk_saved_playbooks"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("saved_playbooks")

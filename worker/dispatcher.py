@@ -1,0 +1,123 @@
+"""Start and cancel executions: what the relay and the CLI call (api.dispatch.Dispatcher).
+
+One implementation for a fleet and for embedded mode: the record goes to Redis (a real one, or
+the in-process one), the work to a TaskQueue (Celery, or threads of this process). Input is
+validated before anything exists (InvalidRequestError naming the field).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from events.errors import BrokerUnavailableError, ExecutionEndedError, UnknownExecutionError
+from events.lifecycle import Reporter
+from events.models import ExecutionOptions, utc_now
+from events.requests import REQUEST_SOURCE, Params, PlaybookSource, SavedRef
+from events.settings import Settings
+from events.vocabulary import Outcome, RecordField, Status
+from worker.commands import command_type_named, validate_command
+from worker.finish import finish
+from worker.playbook.ending import playbook_output_tail
+from worker.playbook.loading import check_for_saving
+from worker.playbook.run import submit_playbook
+from worker.runner import cancel_unstarted
+from worker.runtime import Runtime
+from worker.taskqueue import TaskQueue
+
+F = RecordField
+
+
+def new_execution_id() -> str:
+    return "ex_" + uuid.uuid4().hex[:20]
+
+
+class Dispatcher:
+    def __init__(self, rt: Runtime, tasks: TaskQueue) -> None:
+        self.rt = rt
+        self.tasks = tasks
+        self.settings: Settings = rt.settings  # its default_queue routes commands
+
+    def submit_command(
+        self, command: str, command_type: str, options: ExecutionOptions | None = None
+    ) -> str:
+        """Queue a command (`aws_cli` or `script`); its execution id."""
+        kind = command_type_named(command_type)
+        validate_command(command, kind)
+        wire_options = (options or ExecutionOptions()).wire()
+        execution_id = new_execution_id()
+        self.rt.records.create(
+            execution_id,
+            command=command,
+            command_type=kind,
+            options=wire_options,
+            queued_at=utc_now(),
+            spec={"command": command, "commandType": kind, "options": wire_options},
+        )
+        try:
+            self.tasks.send_command(execution_id, self.settings.default_queue)
+        except BrokerUnavailableError as e:
+            self._not_queued(execution_id, e)
+            raise
+        return execution_id
+
+    def submit_playbook(
+        self,
+        playbook: PlaybookSource,
+        params: Params = None,
+        *,
+        source: str = REQUEST_SOURCE,
+        saved: SavedRef | None = None,
+    ) -> str:
+        """Validate (PlaybookError before anything exists), record and queue a playbook run."""
+        execution_id = new_execution_id()
+        try:
+            return submit_playbook(
+                self.rt, self.tasks, execution_id, playbook, params, source=source, saved=saved
+            )
+        except BrokerUnavailableError as e:
+            self._not_queued(execution_id, e)
+            raise
+
+    def check_playbook(self, playbook: str, source: str) -> None:
+        check_for_saving(playbook, source)
+
+    def _not_queued(self, execution_id: str, error: BrokerUnavailableError) -> None:
+        """The record exists but its task could not be sent: end it (`failed`) rather than
+        leave it `queued` forever; the caller is told (a 503). Should the task have reached
+        the broker after all, its claim refuses an ended execution."""
+        Reporter(self.rt.publisher, execution_id).complete(
+            Status.FAILED,
+            utc_now(),
+            error=f"not queued: the broker ({error.broker}) is unavailable",
+        )
+        # Not notified: its task could not be sent, nor could a notification's, and trying
+        # would hold the caller's 503 for another broker timeout; the caller is the one told.
+        finish(self.rt, execution_id, self.tasks, notify=False)
+
+    def cancel(self, execution_id: str) -> None:
+        """Cancel a queued or running execution. UnknownExecutionError if there is none,
+        ExecutionEndedError if it already ended (nothing changes then)."""
+        rt = self.rt
+        found = rt.records.request_cancel(execution_id)
+        if found == Outcome.UNKNOWN:
+            raise UnknownExecutionError(execution_id)
+        if found.startswith(Outcome.ENDED + ":"):
+            raise ExecutionEndedError(execution_id, found.split(":", 1)[1])
+        task_id, started_at = rt.records.fields(execution_id, F.TASK_ID, F.STARTED_AT)
+        task_id = task_id or execution_id
+        if found == Outcome.QUEUED:
+            # Queued, waiting for a playbook slot, or a playbook between two steps: no worker
+            # holds it. The task is discarded by whichever worker receives it; the claim
+            # refuses it anyway.
+            self.tasks.revoke(task_id, terminate=False)
+            cancel_unstarted(
+                Reporter(rt.publisher, execution_id),
+                wait=True,
+                started_at=started_at,
+                partial_output=playbook_output_tail(rt, execution_id) if started_at else "",
+            )
+            finish(rt, execution_id, self.tasks)
+            return
+        # Running: the task is stopped where it runs, and kills the command's whole tree. If
+        # the revoke is missed, the watchdog sees the cancel mark within cancel_poll_interval_s.
+        self.tasks.revoke(task_id, terminate=True)
