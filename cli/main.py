@@ -8,7 +8,6 @@ Three modes for run/tail/cancel/ls, chosen once from the settings (cli.sessions)
 
 from __future__ import annotations
 
-import json
 import secrets
 import shlex
 import sys
@@ -20,7 +19,15 @@ import typer
 
 from cli import history
 from cli.playbooks import playbook_cli
-from cli.render import EXIT_CANCELLED, EXIT_USAGE, follow_with_cancel, render, render_hosts
+from cli.render import (
+    EXIT_CANCELLED,
+    EXIT_USAGE,
+    follow_with_cancel,
+    lines_of,
+    print_list,
+    render,
+    render_hosts,
+)
 from cli.sessions import open_session
 from cli.usage import fail as _fail
 from cli.usage import fail_each
@@ -199,16 +206,16 @@ def list_executions(
         )
     except CloudOpsError as e:
         raise _fail(str(e)) from e
-    for rec in records:
-        if as_json:
-            sys.stdout.write(json.dumps(rec) + "\n")
-        else:
-            sys.stdout.write(
-                f"{rec['executionId']}  {rec['status']:<9}  {rec.get('queuedAt', ''):<27}  "
-                f"{rec['command'][:60]}\n"
-            )
+    print_list(records, as_json=as_json, text=lines_of(_record_line))
     if next_cursor:
         sys.stderr.write(f"[cloudops] more: --cursor {next_cursor}\n")
+
+
+def _record_line(rec: dict[str, Any]) -> str:
+    return (
+        f"{rec['executionId']}  {rec['status']:<9}  {rec.get('queuedAt', ''):<27}  "
+        f"{rec['command'][:60]}"
+    )
 
 
 cli.add_typer(playbook_cli, name="playbook")
@@ -287,10 +294,7 @@ def list_workers(
         hosts = open_session(_settings(), remote).workers()
     except CloudOpsError as e:
         raise _fail(str(e)) from e
-    if as_json:
-        sys.stdout.write("".join(json.dumps(h) + "\n" for h in hosts))
-    else:
-        sys.stdout.write(render_hosts(hosts))
+    print_list(hosts, as_json=as_json, text=render_hosts)
 
 
 @cli.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

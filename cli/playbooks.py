@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from cli.render import lines_of, print_list
 from cli.sessions import open_session
 from cli.usage import fail as _fail
 from cli.usage import settings_or_fail as _settings
@@ -57,6 +58,10 @@ def push(
     sys.stdout.write(f"{saved['name']} {saved['version']}\n")
 
 
+def _playbook_line(row: dict[str, Any]) -> str:
+    return f"{row['name']:<32}  v{row['version']:<5}  {row['updatedAt']}"
+
+
 @playbook_cli.command("ls")
 def ls(
     as_json: Annotated[bool, typer.Option("--json", help="one object per line")] = False,
@@ -67,11 +72,7 @@ def ls(
         rows = open_session(_settings(), remote).playbooks()
     except CloudOpsError as e:
         raise _fail(str(e)) from e
-    for row in rows:
-        if as_json:
-            sys.stdout.write(json.dumps(row) + "\n")
-        else:
-            sys.stdout.write(f"{row['name']:<32}  v{row['version']:<5}  {row['updatedAt']}\n")
+    print_list(rows, as_json=as_json, text=lines_of(_playbook_line))
 
 
 @playbook_cli.command("show")

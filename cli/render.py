@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,7 +187,26 @@ def follow_with_cancel(session: Session, execution_id: str, *, as_json: bool) ->
         return render(session.follow(execution_id), as_json=as_json)
 
 
-def render_hosts(hosts: list[dict[str, Any]]) -> str:
+def print_list(
+    items: Sequence[dict[str, Any]],
+    *,
+    as_json: bool,
+    text: Callable[[Sequence[dict[str, Any]]], str],
+) -> None:
+    """A listing command's output: one JSON object per line with `--json`, else `text` of
+    the items (rows for a person). Every `ls`-like command prints through here."""
+    if as_json:
+        sys.stdout.write("".join(json.dumps(item) + "\n" for item in items))
+    else:
+        sys.stdout.write(text(items))
+
+
+def lines_of(line: Callable[[dict[str, Any]], str]) -> Callable[[Sequence[dict[str, Any]]], str]:
+    """`text` for print_list: one formatted line per item."""
+    return lambda items: "".join(line(item) + "\n" for item in items)
+
+
+def render_hosts(hosts: Sequence[dict[str, Any]]) -> str:
     """`cloudops workers`: one line per host under a header, as `GET /api/workers` lists
     them (sorted by hostname)."""
     rows = [("HOSTNAME", "STATE", "RUNNING", "QUEUES", "LABELS", "VERSION", "LAST SEEN")]

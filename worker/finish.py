@@ -18,13 +18,19 @@ from worker.taskqueue import TaskQueue
 def finish(rt: Runtime, execution_id: str, tasks: TaskQueue, *, notify: bool = True) -> None:
     """The run ended (its execution_complete is out): free what it held, start who waited, and
     queue its notification unless `notify` is False."""
+    status_and_spec: list[str | None] | None = None
     try:
         rt.records.release(execution_id)
-        name, limit = rt.records.fields(
-            execution_id, RecordField.SLOT_NAME, RecordField.MAX_CONCURRENT
+        # One read for the slot and, for notify_later, the status and spec.
+        name, limit, *status_and_spec = rt.records.fields(
+            execution_id,
+            RecordField.SLOT_NAME,
+            RecordField.MAX_CONCURRENT,
+            RecordField.STATUS,
+            RecordField.SPEC,
         )
         if name and limit:
             release_slot(rt, execution_id, name, int(limit), tasks)
     finally:
         if notify:
-            notify_later(rt, execution_id, tasks)
+            notify_later(rt, execution_id, tasks, status_and_spec)

@@ -23,6 +23,7 @@ from typing import Protocol
 from events.models import utc_now
 from events.notifications import (
     SIGNATURE_HEADER,
+    SPEC_NOTIFY,
     Attempt,
     AttemptStore,
     NotifyTarget,
@@ -90,14 +91,23 @@ def next_delay_s(base_s: float, retries: int, left: Sequence[int] | None) -> flo
 
 
 def _targets_of(rt: Runtime, spec_text: str | None) -> list[NotifyTarget]:
-    return targets(json.loads(spec_text or "{}"), rt.settings.notify_webhooks)
+    # A playbook's spec can be large: parse it only when it may hold a `notify` key.
+    has_notify = spec_text is not None and f'"{SPEC_NOTIFY}"' in spec_text
+    spec = json.loads(spec_text) if has_notify and spec_text else None
+    return targets(spec, rt.settings.notify_webhooks)
 
 
-def notify_later(rt: Runtime, execution_id: str, tasks: TaskQueue) -> None:
-    """Queue the notification of an ended execution if a webhook may want it. A failing Redis
-    or broker costs the notification here, never the execution: it has ended."""
+def notify_later(
+    rt: Runtime,
+    execution_id: str,
+    tasks: TaskQueue,
+    status_and_spec: Sequence[str | None] | None = None,
+) -> None:
+    """Queue the notification of an ended execution if a webhook may want it.
+    `status_and_spec`: the record's STATUS and SPEC when the caller already read them. A
+    failing Redis or broker costs the notification here, never the execution: it has ended."""
     try:
-        status, spec_text = rt.records.fields(execution_id, F.STATUS, F.SPEC)
+        status, spec_text = status_and_spec or rt.records.fields(execution_id, F.STATUS, F.SPEC)
         found = _targets_of(rt, spec_text)
         # A status not yet terminal (its last publish still on its way): the task waits for it.
         ended = Status(status) if status and Status(status).terminal else None

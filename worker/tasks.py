@@ -9,7 +9,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from billiard.util import set_pdeathsig
@@ -54,32 +54,30 @@ def leaving_if_orphaned() -> Iterator[None]:
             os._exit(0)
 
 
-@app.task(name=TASK_RUN_COMMAND, bind=True)  # type: ignore[untyped-decorator]
-def run_command_task(self: Any, execution_id: str) -> str:
+def run_as_task(task: Any, run: Callable[..., str], execution_id: str, *args: Any) -> str:
+    """An execution's task body: `run(rt, execution_id, *args, worker=, task_id=, tasks=)`
+    with this worker's runtime, leaving if the worker died meanwhile."""
     rt = get_runtime(current_settings())
     with leaving_if_orphaned():
-        return run_queued_command(
+        return run(
             rt,
             execution_id,
-            worker=str(self.request.hostname),
-            task_id=str(self.request.id),
+            *args,
+            worker=str(task.request.hostname),
+            task_id=str(task.request.id),
             tasks=task_queue(),
         )
+
+
+@app.task(name=TASK_RUN_COMMAND, bind=True)  # type: ignore[untyped-decorator]
+def run_command_task(self: Any, execution_id: str) -> str:
+    return run_as_task(self, run_queued_command, execution_id)
 
 
 @app.task(name=TASK_RUN_STEP, bind=True)  # type: ignore[untyped-decorator]
 def run_playbook_step_task(self: Any, execution_id: str, index: int) -> str:
     """Step `index` (0-based) of a playbook run; queues the next step when it ends."""
-    rt = get_runtime(current_settings())
-    with leaving_if_orphaned():
-        return run_playbook_step(
-            rt,
-            execution_id,
-            index,
-            worker=str(self.request.hostname),
-            task_id=str(self.request.id),
-            tasks=task_queue(),
-        )
+    return run_as_task(self, run_playbook_step, execution_id, index)
 
 
 @app.task(name=TASK_NOTIFY, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
@@ -102,17 +100,7 @@ def notify_task(self: Any, execution_id: str, pending: list[int] | None = None) 
 @app.task(name=TASK_RUN_HOST, bind=True)  # type: ignore[untyped-decorator]
 def run_host_step_task(self: Any, execution_id: str, index: int, host: str) -> str:
     """Host `host`'s run of fan-out step `index`, sent to this worker's own queue."""
-    rt = get_runtime(current_settings())
-    with leaving_if_orphaned():
-        return run_host_step(
-            rt,
-            execution_id,
-            index,
-            host,
-            worker=str(self.request.hostname),
-            task_id=str(self.request.id),
-            tasks=task_queue(),
-        )
+    return run_as_task(self, run_host_step, execution_id, index, host)
 
 
 @worker_process_init.connect(weak=False)  # type: ignore[untyped-decorator]
