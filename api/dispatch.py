@@ -11,6 +11,7 @@ from typing import Protocol
 
 from events.models import ExecutionOptions
 from events.requests import REQUEST_SOURCE, Params, PlaybookSource, SavedRef
+from events.rerun import RerunHosts, RerunSource
 
 
 class Dispatcher(Protocol):
@@ -32,6 +33,12 @@ class Dispatcher(Protocol):
         """Validate and queue a playbook (YAML text or parsed object); return its id. A bad
         playbook or params raise events.errors.ProblemsError listing every problem. `saved`:
         the saved playbook's name and version the record names (CONTRACT §10)."""
+        ...
+
+    def rerun(self, source: RerunSource, hosts: RerunHosts) -> str:
+        """Queue a new execution rerunning what of ended execution `source` did not succeed
+        (events.rerun.plan_rerun decides what); its id, its record naming `rerunOf`.
+        CannotRerunError (a 409) when it has not ended or nothing is left to rerun."""
         ...
 
     def check_playbook(self, playbook: str, source: str) -> None:

@@ -20,6 +20,7 @@ from events.db.errors import NO_DATABASE, DatabaseUnavailableError, NoDatabaseEr
 from events.errors import (
     BrokerUnavailableError,
     BusError,
+    CannotRerunError,
     ExecutionEndedError,
     InvalidRequestError,
     ProblemsError,
@@ -168,6 +169,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(NoDatabaseError, _no_database)
     app.add_exception_handler(DatabaseUnavailableError, _database_unavailable)
     app.add_exception_handler(ExecutionEndedError, _ended)
+    app.add_exception_handler(CannotRerunError, _ended)
     app.add_exception_handler(AuthError, _auth)
     app.add_exception_handler(redis.ConnectionError, _unavailable)
     app.add_exception_handler(redis.TimeoutError, _unavailable)

@@ -6,7 +6,7 @@ from functools import partial
 from typing import Annotated, Any, cast
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
@@ -20,6 +20,7 @@ from api.schemas import (
     ErrorBody,
     Health,
     PlaybookRequest,
+    RerunRequest,
     SubmitRequest,
     SubmitResponse,
     TicketRequest,
@@ -212,6 +213,31 @@ async def get_notifications(execution_id: str, relay: RelayDep) -> Any:
 async def cancel_execution(execution_id: str, relay: RelayDep) -> Any:
     await run_in_threadpool(relay.dispatcher.cancel, execution_id)
     return CancelResponse(execution_id=execution_id)
+
+
+@api.post(
+    "/executions/{execution_id}/rerun",
+    status_code=202,
+    response_model=SubmitResponse,
+    responses={**NOT_FOUND, 409: error_doc("still queued or running, or nothing to rerun")},
+    dependencies=[require_role(Role.OPERATOR)],
+)
+async def rerun_execution(
+    execution_id: str,
+    relay: RelayDep,
+    response: Response,
+    body: Annotated[RerunRequest | None, Body()] = None,
+) -> Any:
+    """Start a new execution of what of this ended one did not succeed (CONTRACT §7): from its
+    first step that did not succeed, on that step's hosts that did not (`hosts: failed`, the
+    default) or on all of them (`all`); its record names `rerunOf`."""
+    source = await relay.store.rerun_source(execution_id)
+    if source is None:
+        raise UnknownExecutionError(execution_id)
+    hosts = (body or RerunRequest()).hosts
+    new_id = await run_in_threadpool(relay.dispatcher.rerun, source, hosts)
+    response.headers["Location"] = f"/api/executions/{new_id}"
+    return SubmitResponse(execution_id=new_id)
 
 
 @api.get("/workers", response_model=list[WorkerHost])

@@ -11,6 +11,7 @@ from events.db.playbooks import MAX_VERSION
 from events.errors import InvalidRequestError
 from events.models import MAX_TIMEOUT_S, ExecutionOptions
 from events.requests import command_playbook
+from events.rerun import RerunHosts
 
 _CAMEL = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
@@ -176,6 +177,15 @@ class SubmitResponse(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
     execution_id: str
+
+
+class RerunRequest(BaseModel):
+    """What a rerun runs again (CONTRACT §7): on the first rerun step, the hosts that did not
+    succeed there (the default), or all of its targets."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hosts: RerunHosts = RerunHosts.FAILED
 
 
 class CancelResponse(BaseModel):

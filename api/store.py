@@ -9,6 +9,7 @@ archived execution exactly as before. While Redis holds the record, Redis alone 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from events.hosts import HostRegistry
 from events.keys import Keys
 from events.notifications import Attempt, decode_attempts
 from events.records import ExecutionRecord, as_str, decode_hash, record_from_hash
+from events.rerun import RerunSource
 from events.vocabulary import RecordField, Status
 from events.wire import RawEvent
 
@@ -85,6 +87,20 @@ class Store:
             return None
         wire = await self._db(self.history.get_record, execution_id)
         return None if wire is None else ExecutionRecord.model_validate(wire)
+
+    async def rerun_source(self, execution_id: str) -> RerunSource | None:
+        """The record and the stored spec a rerun starts from, from Redis or, once it forgot
+        the execution, the database; None if neither has it."""
+        raw = decode_hash(await _done(self.redis.hgetall(self.keys.record(execution_id))))
+        if raw.get(F.STATUS):
+            spec = json.loads(raw[F.SPEC]) if raw.get(F.SPEC) else None
+            return RerunSource(execution_id, record_from_hash(raw).wire(), spec)
+        if self.history is None:
+            return None
+        wire = await self._db(self.history.get_record, execution_id)
+        if wire is None:
+            return None
+        return RerunSource(execution_id, wire, await self._db(self.history.get_spec, execution_id))
 
     async def notifications(self, execution_id: str) -> list[Attempt]:
         """The delivery attempts of the execution's webhook notifications, oldest first (kept

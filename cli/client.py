@@ -12,6 +12,7 @@ import httpx
 
 from events.db.errors import NO_DATABASE, NoDatabaseError
 from events.errors import (
+    CannotRerunError,
     CloudOpsError,
     ExecutionEndedError,
     InvalidRequestError,
@@ -72,6 +73,12 @@ class RelayClient:
 
     def cancel(self, execution_id: str) -> None:
         self._check(self._request("POST", f"/api/executions/{execution_id}/cancel"), execution_id)
+
+    def rerun(self, execution_id: str, hosts: str) -> str:
+        resp = self._request("POST", f"/api/executions/{execution_id}/rerun", json={"hosts": hosts})
+        if resp.status_code == 409:  # not ended yet, or nothing to rerun: the relay says which
+            raise CannotRerunError(execution_id, _detail(resp))
+        return str(self._check(resp, execution_id)["executionId"])
 
     def get(self, execution_id: str) -> dict[str, Any]:
         return dict(

@@ -37,6 +37,7 @@ from events.errors import CloudOpsError, ConfigError, InvalidRequestError, Probl
 from events.hosts import parse_labels
 from events.models import MAX_TIMEOUT_S
 from events.requests import command_playbook, parse_targets
+from events.rerun import RerunHosts
 from events.settings import Settings
 from events.vocabulary import CommandType, Status
 from worker.playbook.params import parse_param_args
@@ -179,6 +180,29 @@ def cancel(
     except CloudOpsError as e:
         raise _fail(str(e)) from e
     sys.stderr.write(f"[cloudops] cancel requested for {execution_id}\n")
+
+
+@cli.command()
+def rerun(
+    execution_id: str,
+    failed: Annotated[
+        bool, typer.Option("--failed", help="only the failed hosts (default: every host)")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="one envelope per line")] = False,
+    remote: Annotated[str | None, typer.Option("--remote", help="relay URL")] = None,
+) -> None:
+    """Rerun an ended execution from its first step that did not succeed, and follow it."""
+    try:
+        session = open_session(_settings(), remote)
+        new_id = session.rerun(execution_id, RerunHosts.FAILED if failed else RerunHosts.ALL)
+        if not as_json:
+            sys.stderr.write(f"[cloudops] execution {new_id} (rerun of {execution_id})\n")
+        outcome = follow_with_cancel(session, new_id, as_json=as_json)
+        session.ended(new_id)
+    except (CloudOpsError, ConfigError) as e:
+        # Unknown, still running, nothing to rerun: bad input for this command (exit 2).
+        raise _fail(str(e)) from e
+    raise typer.Exit(outcome.process_exit)
 
 
 @cli.command("ls")

@@ -16,6 +16,7 @@ from events.errors import InvalidRequestError, Problem, ProblemsError, UnknownEx
 from events.hosts import HostRegistry
 from events.models import ExecutionOptions
 from events.requests import REQUEST_SOURCE
+from events.rerun import RerunHosts, RerunSource
 from events.settings import Settings
 from events.subscriber import Follower
 from events.vocabulary import CommandType
@@ -31,6 +32,7 @@ class Session(Protocol):
     def submit(self, body: dict[str, Any]) -> str: ...
     def follow(self, execution_id: str, after: int = 0) -> Iterator[RawEvent]: ...
     def cancel(self, execution_id: str) -> None: ...
+    def rerun(self, execution_id: str, hosts: RerunHosts) -> str: ...
     def records(
         self, filt: SearchFilter, limit: int, cursor: str | None
     ) -> tuple[list[dict[str, Any]], str | None]: ...
@@ -93,6 +95,18 @@ class LocalSession:
     def cancel(self, execution_id: str) -> None:
         self.local.dispatcher.cancel(execution_id)
 
+    def rerun(self, execution_id: str, hosts: RerunHosts) -> str:
+        """From this Redis's record, else the database's (embedded: an earlier process's)."""
+        records, history = self.local.runtime.records, self.local.history
+        record = records.get(execution_id)
+        if record is not None:
+            source = RerunSource(execution_id, record.wire(), records.spec(execution_id))
+        elif history is not None and (wire := history.get_record(execution_id)) is not None:
+            source = RerunSource(execution_id, wire, history.get_spec(execution_id))
+        else:
+            raise UnknownExecutionError(execution_id)
+        return self.local.dispatcher.rerun(source, hosts)
+
     def records(
         self, filt: SearchFilter, limit: int, cursor: str | None
     ) -> tuple[list[dict[str, Any]], str | None]:
@@ -145,6 +159,9 @@ class RemoteSession:
 
     def cancel(self, execution_id: str) -> None:
         self._client.cancel(execution_id)
+
+    def rerun(self, execution_id: str, hosts: RerunHosts) -> str:
+        return self._client.rerun(execution_id, hosts)
 
     def records(
         self, filt: SearchFilter, limit: int, cursor: str | None

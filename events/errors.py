@@ -106,3 +106,12 @@ class UnknownPlaybookError(CloudOpsError):
         super().__init__(f"unknown saved playbook: {what}")
         self.name = name
         self.version = version
+
+
+class CannotRerunError(CloudOpsError):
+    """A rerun was refused: the execution has not ended, or nothing of it failed (a 409)."""
+
+    def __init__(self, execution_id: str, reason: str) -> None:
+        super().__init__(reason)
+        self.execution_id = execution_id
+        self.reason = reason

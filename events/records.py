@@ -75,6 +75,7 @@ class ExecutionRecord(BaseModel):
     cancel_requested: bool | None = None
     playbook_name: str | None = None
     playbook_version: int | None = None
+    rerun_of: str | None = None
 
     def wire(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -123,4 +124,5 @@ def record_from_hash(raw: Mapping[str, str]) -> ExecutionRecord:
         cancel_requested=True if raw.get(F.CANCEL_REQUESTED) == "1" else None,
         playbook_name=raw.get(F.PLAYBOOK_NAME) or None,
         playbook_version=_int_or_none(raw.get(F.PLAYBOOK_VERSION)),
+        rerun_of=raw.get(F.RERUN_OF) or None,
     )

@@ -93,6 +93,8 @@ class RecordField(StrEnum):
     # A run of a saved playbook (CONTRACT §10): its name and the version run.
     PLAYBOOK_NAME = "playbookName"
     PLAYBOOK_VERSION = "playbookVersion"
+    # The execution this one reruns (CONTRACT §7: POST /api/executions/{id}/rerun).
+    RERUN_OF = "rerunOf"
     # The initial step list (JSON); each step's progress is in `step:<n>` (see step_field).
     STEPS = "steps"
     # What the worker runs (JSON): the command and options, or the rendered playbook.

@@ -8,23 +8,28 @@ validated before anything exists (InvalidRequestError naming the field).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
 from events.errors import BrokerUnavailableError, ExecutionEndedError, UnknownExecutionError
 from events.lifecycle import Reporter
 from events.models import ExecutionOptions, utc_now
 from events.requests import REQUEST_SOURCE, Params, PlaybookSource, SavedRef
+from events.rerun import RerunHosts, RerunSource, plan_rerun
 from events.settings import Settings
-from events.vocabulary import Outcome, RecordField, Status
+from events.vocabulary import CommandType, Outcome, RecordField, Status
 from worker.commands import command_type_named, validate_command
 from worker.finish import finish
 from worker.playbook.ending import playbook_output_tail
 from worker.playbook.loading import check_for_saving
-from worker.playbook.run import submit_playbook
+from worker.playbook.rerun import rerun_spec, rerun_step_records
+from worker.playbook.run import queue_run, submit_playbook
 from worker.runner import cancel_unstarted
 from worker.runtime import Runtime
 from worker.taskqueue import TaskQueue
 
 F = RecordField
+Extra = Mapping[str, str]  # more fields of a new record (rerunOf, the saved playbook)
 
 
 def new_execution_id() -> str:
@@ -43,7 +48,11 @@ class Dispatcher:
         """Queue a command (`aws_cli` or `script`); its execution id."""
         kind = command_type_named(command_type)
         validate_command(command, kind)
-        wire_options = (options or ExecutionOptions()).wire()
+        return self._queue_command(command, kind, (options or ExecutionOptions()).wire(), {})
+
+    def _queue_command(
+        self, command: str, kind: CommandType, wire_options: Mapping[str, Any], extra: Extra
+    ) -> str:
         execution_id = new_execution_id()
         self.rt.records.create(
             execution_id,
@@ -52,6 +61,7 @@ class Dispatcher:
             options=wire_options,
             queued_at=utc_now(),
             spec={"command": command, "commandType": kind, "options": wire_options},
+            extra=extra,
         )
         try:
             self.tasks.send_command(execution_id, self.settings.default_queue)
@@ -73,6 +83,32 @@ class Dispatcher:
         try:
             return submit_playbook(
                 self.rt, self.tasks, execution_id, playbook, params, source=source, saved=saved
+            )
+        except BrokerUnavailableError as e:
+            self._not_queued(execution_id, e)
+            raise
+
+    def rerun(self, source: RerunSource, hosts: RerunHosts) -> str:
+        """Queue the rerun of an ended execution (events.rerun says what it runs)."""
+        plan = plan_rerun(source, hosts)
+        assert source.spec is not None  # plan_rerun refuses a source without one
+        spec = source.spec
+        extra: dict[str, str] = {F.RERUN_OF: source.execution_id}
+        if source.saved is not None:
+            extra |= SavedRef(*source.saved).record_fields()
+        if source.record.get("commandType") != CommandType.PLAYBOOK:
+            kind = CommandType(spec["commandType"])
+            return self._queue_command(spec["command"], kind, spec.get("options") or {}, extra)
+        new_spec = rerun_spec(spec, plan)
+        execution_id = new_execution_id()
+        try:
+            return queue_run(
+                self.rt,
+                self.tasks,
+                execution_id,
+                new_spec,
+                rerun_step_records(new_spec),
+                extra=extra,
             )
         except BrokerUnavailableError as e:
             self._not_queued(execution_id, e)

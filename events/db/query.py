@@ -108,6 +108,15 @@ class History:
             ).scalar_one_or_none()
         return None if rec is None else _wire(rec)
 
+    def get_spec(self, execution_id: str) -> dict[str, Any] | None:
+        """What the worker ran (the command, or the rendered playbook), for a rerun; None if
+        there is no such execution or it has no spec."""
+        with self._engine.connect() as conn:
+            spec = conn.execute(
+                select(executions.c.spec).where(executions.c.execution_id == execution_id)
+            ).scalar_one_or_none()
+        return dict(spec) if isinstance(spec, dict) else None
+
     def get_state(self, execution_id: str) -> StoredState | None:
         with self._engine.connect() as conn:
             row = conn.execute(

@@ -28,8 +28,9 @@ from events.publisher import Publisher
 from events.record_store import RecordStore
 from events.records import StepRecord
 from events.requests import REQUEST_SOURCE, Params, PlaybookSource, SavedRef
+from events.rerun import RerunHosts, RerunSource, plan_rerun
 from events.settings import Settings
-from events.vocabulary import COMMAND_TYPES, CommandType, Status
+from events.vocabulary import COMMAND_TYPES, CommandType, RecordField, Status
 from tests.helpers import publish_passing_step
 from worker.playbook.loading import check_for_saving
 
@@ -68,7 +69,12 @@ class FakeDispatcher:
             raise InvalidRequestError("command", "must not be empty")
         opts = options or ExecutionOptions()
         kind = CommandType(command_type)
-        execution_id = self._create(command, kind, opts.wire())
+        execution_id = self._create(
+            command,
+            kind,
+            opts.wire(),
+            spec={"command": command, "commandType": kind, "options": opts.wire()},
+        )
         self._start(self._run_command, execution_id, command, kind, opts)
         return execution_id
 
@@ -95,14 +101,35 @@ class FakeDispatcher:
                 raise InvalidRequestError(f"playbook.steps[{n}].command", "is required")
             sid = str(step.get("id") or f"step_{n}")
             parsed.append((sid, str(step.get("name") or sid), step["command"]))
-        name = str(doc.get("name") or "playbook")
+        return self._queue_playbook(str(doc.get("name") or "playbook"), parsed)
+
+    def _queue_playbook(
+        self, name: str, parsed: list[tuple[str, str, str]], extra: Mapping[str, str] = {}
+    ) -> str:
         execution_id = self._create(
             name,
             CommandType.PLAYBOOK,
             {},
             steps=[StepRecord(step_id=s, step_name=nm) for s, nm, _ in parsed],
+            spec={"playbook": name, "steps": [list(p) for p in parsed]},
+            extra=extra,
         )
         self._start(self._run_playbook, execution_id, name, parsed)
+        return execution_id
+
+    def rerun(self, source: RerunSource, hosts: RerunHosts) -> str:
+        """The real rule (events.rerun) over the scripted runs: a command again, or the steps
+        of a playbook from the first that did not succeed (these never fan out)."""
+        plan = plan_rerun(source, hosts)
+        spec = source.spec or {}
+        extra: dict[str, str] = {RecordField.RERUN_OF: source.execution_id}
+        if "steps" in spec:
+            steps = [(s, n, c) for s, n, c in spec["steps"][plan.start_index :]]
+            return self._queue_playbook(str(spec["playbook"]), steps, extra)
+        opts = ExecutionOptions.model_validate(spec.get("options") or {})
+        kind = CommandType(spec["commandType"])
+        execution_id = self._create(spec["command"], kind, opts.wire(), spec=spec, extra=extra)
+        self._start(self._run_command, execution_id, spec["command"], kind, opts)
         return execution_id
 
     def check_playbook(self, playbook: str, source: str) -> None:
@@ -129,6 +156,9 @@ class FakeDispatcher:
         command_type: CommandType,
         options: Mapping[str, Any],
         steps: list[StepRecord] | None = None,
+        *,
+        spec: Mapping[str, Any],
+        extra: Mapping[str, str] = {},
     ) -> str:
         execution_id = "ex_" + uuid.uuid4().hex[:20]
         self.records.create(
@@ -138,6 +168,8 @@ class FakeDispatcher:
             options=options,
             queued_at=utc_now(),
             steps=steps,
+            spec=spec,
+            extra=extra,
         )
         with self._lock:
             self._cancels[execution_id] = threading.Event()

@@ -112,27 +112,48 @@ def submit_playbook(
     """Validate, create the record (queued) and queue the first step, or wait for a slot.
     `saved`: the saved playbook (name, version) this run is of, named by its record."""
     prepared = prepare_playbook(playbook, params, source=source)
-    limit = prepared.max_concurrent
-    extra: dict[str, str] = {F.SLOT_NAME: prepared.name, F.MAX_CONCURRENT: str(limit)}
+    return queue_run(
+        rt,
+        tasks,
+        execution_id,
+        prepared.spec(),
+        prepared.step_records(),
+        extra=saved.record_fields() if saved is not None else {},
+    )
+
+
+def queue_run(
+    rt: Runtime,
+    tasks: TaskQueue,
+    execution_id: str,
+    spec: Mapping[str, Any],
+    step_records: list[StepRecord],
+    *,
+    extra: Mapping[str, str],
+) -> str:
+    """Create the record of a run of `spec` (PreparedPlaybook.spec's form; queued) and queue
+    its first step, or leave it waiting for a `max_concurrent` slot. `extra`: record fields
+    (the saved playbook's name and version, `rerunOf`)."""
+    name = str(spec["playbook"])
+    limit = spec.get("maxConcurrent")
+    fields: dict[str, str] = {F.SLOT_NAME: name, F.MAX_CONCURRENT: str(limit)}
     if not limit:
         # Queued at creation: the first step's task follows right away.
-        extra = {F.STEP_QUEUED: "0", F.TASK_ID: step_task_id(execution_id, 0)}
-    if saved is not None:
-        extra |= saved.record_fields()
+        fields = {F.STEP_QUEUED: "0", F.TASK_ID: step_task_id(execution_id, 0)}
     rt.records.create(
         execution_id,
-        command=prepared.name,
+        command=name,
         command_type=CommandType.PLAYBOOK,
-        options=prepared.options.wire(),
+        options=spec.get("options") or {},
         queued_at=utc_now(),
-        spec=prepared.spec(),
-        steps=prepared.step_records(),
-        extra=extra,
+        spec=spec,
+        steps=step_records,
+        extra=fields | dict(extra),
     )
     if limit:
-        admit(rt, execution_id, prepared.name, limit, tasks)
+        admit(rt, execution_id, name, int(limit), tasks)
     else:
-        route = step_route(rt, prepared.steps[0].to_dict())
+        route = step_route(rt, spec["steps"][0])
         tasks.send_step(execution_id, 0, route.queue, host=route.host)
     return execution_id
 
