@@ -9,10 +9,14 @@
  */
 
 import { connect } from "/cloudops-events.js";
-import { Executions, TERMINAL_STATUSES } from "/static/executions.js";
+import {
+  Executions,
+  TERMINAL_STATUSES,
+  fanoutStep,
+} from "/static/executions.js";
 import { fmtDuration, fmtTime } from "/static/format.js";
 import { HostsPanel } from "/static/hosts.js";
-import { TerminalView } from "/static/terminal.js";
+import { Term, TerminalView } from "/static/terminal.js";
 
 const TOKEN_KEY = "cloudops.token";
 const SIGNED_OUT_KEY = "cloudops.signout";
@@ -23,6 +27,8 @@ const EVENT_NAMES = [
   "execution_cancelled",
   "playbook_step_start",
   "playbook_step_complete",
+  "playbook_host_start",
+  "playbook_host_complete",
 ];
 const LIST_LIMIT = 100;
 const MAX_ROWS = 300;
@@ -33,6 +39,7 @@ const app = {
   client: null,
   store: null, // Executions
   view: null, // TerminalView
+  hostFilter: "", // the terminal shows this host's output alone; "" for all hosts
   rows: new Map(), // executionId -> <li>
   filter: "", // the list's status filter: "", "active" or a status
   search: "", // the list's search box: a substring of the command (the relay's `q`)
@@ -171,6 +178,7 @@ function touch(x, { term = false, detail = true } = {}) {
 
 function openExecution(id, { updateHash = true } = {}) {
   const x = app.store.open(id);
+  app.hostFilter = "";
   app.view.show(x.term);
   if (updateHash && location.hash !== `#${x.id}`) history.replaceState(null, "", `#${x.id}`);
   $("detail").hidden = false;
@@ -321,7 +329,12 @@ function renderDetail(x) {
   cancel.hidden = TERMINAL_STATUSES.has(x.status) || unknown;
   cancel.disabled = x.cancelRequested;
   cancel.textContent = x.cancelRequested ? "Cancelling…" : "Cancel";
+  // Rerun: only once ended, and only when something did not succeed.
+  const rerun = TERMINAL_STATUSES.has(x.status) && !unknown && !succeeded(x);
+  $("rerun-failed").hidden = !rerun;
+  $("rerun-all").hidden = !rerun;
   renderSteps(x);
+  renderFanout(x);
 }
 
 function renderSteps(x) {
@@ -408,14 +421,127 @@ function updateStep(li, s) {
   if (li.title !== title) li.title = title;
 }
 
+function succeeded(x) {
+  if (x.status !== "completed") return false;
+  const step = fanoutStep(x);
+  return !step || [...step.hosts.values()].every((h) => h.status === "completed");
+}
+
+// -- a fan-out step: its hosts' states, and the terminal's host filter ---------------------
+function hostDuration(h) {
+  if (h.status === "running" && h.startedMs) return Date.now() - h.startedMs;
+  return h.durationMs;
+}
+
+function renderFanout(x) {
+  const step = fanoutStep(x);
+  $("fanout").hidden = !step;
+  const tabs = $("host-tabs");
+  tabs.hidden = !step;
+  if (!step) return;
+  const hosts = [...step.hosts.values()];
+  const counts = {};
+  for (const h of hosts) counts[h.status] = (counts[h.status] || 0) + 1;
+  const summary = Object.entries(counts).map(([k, n]) => `${n} ${k}`).join(", ");
+  setText($("fanout-title"), `Step ${step.stepNumber} on ${hosts.length} hosts: ${summary}`);
+  const body = $("fanout-hosts");
+  const rows = new Map([...body.children].map((tr) => [tr.dataset.host, tr]));
+  hosts.forEach((h, i) => {
+    let tr = rows.get(h.host);
+    rows.delete(h.host);
+    if (!tr) {
+      tr = el("tr", { "data-testid": "fanout-host", "data-host": h.host });
+      for (const k of ["host", "state", "duration", "exit"]) {
+        tr.append(el("td", { "data-testid": `fanout-host-${k}` }));
+      }
+    }
+    if (body.children[i] !== tr) body.insertBefore(tr, body.children[i] || null);
+    const [name, state, duration, exit] = tr.children;
+    if (tr.dataset.status !== h.status) {
+      tr.dataset.status = h.status;
+      state.className = `badge st-${h.status}`;
+    }
+    setText(name, h.host);
+    setText(state, h.status);
+    setText(duration, fmtDuration(hostDuration(h)));
+    setText(exit, h.exitCode === undefined ? "" : String(h.exitCode));
+    const title = h.error || "";
+    if (tr.title !== title) tr.title = title;
+  });
+  for (const tr of rows.values()) tr.remove();
+  renderHostTabs(x, hosts);
+}
+
+function renderHostTabs(x, hosts) {
+  const tabs = $("host-tabs");
+  const names = ["", ...hosts.map((h) => h.host)];
+  if (tabs.dataset.key !== `${x.id} ${names.join(" ")}`) {
+    tabs.dataset.key = `${x.id} ${names.join(" ")}`;
+    tabs.replaceChildren(
+      ...names.map((host) => {
+        const tab = el("button", {
+          type: "button",
+          role: "tab",
+          text: host || "All hosts",
+          "data-testid": "host-tab",
+          "data-host": host,
+        });
+        tab.addEventListener("click", () => showHost(host));
+        return tab;
+      }),
+    );
+  }
+  for (const tab of tabs.children) {
+    const on = String(tab.dataset.host === app.hostFilter);
+    if (tab.getAttribute("aria-selected") !== on) tab.setAttribute("aria-selected", on);
+  }
+}
+
+/** Put one host's output (or every host's, "") in the terminal: the same view, another Term. */
+function showHost(host) {
+  const x = app.store.selected;
+  if (!x || !x.term) return;
+  app.hostFilter = host;
+  let term = x.term;
+  if (host) {
+    term = x.hostTerms.get(host);
+    if (!term) x.hostTerms.set(host, (term = new Term()));
+  }
+  app.view.show(term);
+  app.detailDirty = true;
+  schedule();
+}
+
+async function rerun(hosts) {
+  const x = app.store.selected;
+  if (!x) return;
+  const buttons = [$("rerun-failed"), $("rerun-all")];
+  for (const b of buttons) b.disabled = true;
+  try {
+    const path = `/api/executions/${encodeURIComponent(x.id)}/rerun`;
+    const { executionId } = await api(path, { method: "POST", body: { hosts } });
+    const next = app.store.get(executionId);
+    next.command ||= x.command;
+    next.commandType ||= x.commandType;
+    next.queuedAt ||= new Date().toISOString();
+    app.listOrderDirty = true;
+    openExecution(executionId);
+  } catch (e) {
+    if (e.status !== 401) toast("Rerun refused", e.detail || e.message, "failed");
+  } finally {
+    for (const b of buttons) b.disabled = false;
+  }
+}
+
 function onTerminalChange(view) {
   const x = app.store.selected;
   const info = $("terminal-info");
-  if (!x || !x.term) {
+  if (!x || !view.term) {
     info.textContent = "";
     return;
   }
-  const total = x.term.total + (x.term.open.length ? 1 : 0);
+  const term = view.term;
+  const total = term.total + (term.open.length ? 1 : 0);
   const shown = view.domLines;
   info.textContent =
     total > shown
@@ -632,6 +758,8 @@ function setupForms() {
       touch(x);
     }
   });
+  $("rerun-failed").addEventListener("click", () => rerun("failed"));
+  $("rerun-all").addEventListener("click", () => rerun("all"));
   $("download-output").addEventListener("click", async () => {
     const x = app.store.selected;
     if (!x) return;

@@ -17,6 +17,8 @@ import { fmtDuration } from "/static/format.js";
 import { Term } from "/static/terminal.js";
 
 export const TERMINAL_STATUSES = new Set(["completed", "failed", "timeout", "cancelled"]);
+// A host of a fan-out step (CONTRACT §7) also ends skipped or lost.
+export const HOST_END_STATUSES = new Set([...TERMINAL_STATUSES, "skipped", "lost"]);
 const STATUS_RANK = { queued: 0, running: 1, completed: 2, failed: 2, timeout: 2, cancelled: 2 };
 const STEP_RANK = { pending: 0, running: 1, completed: 2, failed: 2, timeout: 2, cancelled: 2 };
 // Executions whose output stays in memory (the one on screen and the last ones viewed); the
@@ -49,7 +51,9 @@ function newExecution(id) {
     // streaming
     lastId: 0, // the last event id applied (to the Term when there is one)
     pending: new Map(), // id -> {ev, source}: arrived after a gap
-    term: null,
+    term: null, // all output; a fan-out step's lines prefixed with their host
+    hostTerms: new Map(), // host -> Term of that host's output alone
+    hostTails: new Map(), // host -> its unfinished last line, not yet in `term`
     termEnded: false, // execution_complete applied to the current Term
     fresh: false, // submitted here while subscribed: nothing to replay
     live: false, // an event of it came from the live client
@@ -79,6 +83,37 @@ function upsertStep(x, stepId, fields, { force = false } = {}) {
   } else {
     Object.assign(step, fields);
   }
+}
+
+/** A fan-out step's host: {host, status, attempt, startedMs, durationMs, exitCode, error}. */
+function upsertHost(step, host, fields) {
+  let h = step.hosts.get(host);
+  if (!h) {
+    h = { host, status: "pending" };
+    step.hosts.set(host, h);
+  }
+  // An ended host stays ended: a record read late does not turn it back to running.
+  if (HOST_END_STATUSES.has(h.status) && !HOST_END_STATUSES.has(fields.status)) return;
+  Object.assign(h, fields);
+}
+
+function mergeRecordHosts(step, hosts) {
+  step.hosts ||= new Map();
+  for (const r of hosts) {
+    const fields = { status: r.status };
+    if (r.exitCode !== undefined && r.exitCode !== null) fields.exitCode = r.exitCode;
+    if (r.durationMs !== undefined && r.durationMs !== null) fields.durationMs = r.durationMs;
+    upsertHost(step, r.host, fields);
+  }
+}
+
+/** The step whose hosts the console shows: the last fan-out step started. */
+export function fanoutStep(x) {
+  let best = null;
+  for (const s of x.steps.values()) {
+    if (s.hosts && s.hosts.size && (!best || s.stepNumber >= best.stepNumber)) best = s;
+  }
+  return best;
 }
 
 /** The envelopes of an SSE body, as they arrive. */
@@ -169,6 +204,7 @@ export class Executions {
           if (s[k] !== undefined) fields[k] = s[k];
         }
         upsertStep(x, s.stepId, fields);
+        if (Array.isArray(s.hosts)) mergeRecordHosts(x.steps.get(s.stepId), s.hosts);
       });
     }
     this._changed(x, {});
@@ -193,6 +229,8 @@ export class Executions {
     if (previous && previous !== x) this._changed(previous, {});
     if (!x.term) {
       x.term = new Term();
+      x.hostTerms.clear();
+      x.hostTails.clear();
       x.termEnded = false;
       if (!x.fresh || x.lastId > 0) {
         x.lastId = 0;
@@ -265,6 +303,8 @@ export class Executions {
 
   _dropTerm(x) {
     x.term = null;
+    x.hostTerms.clear();
+    x.hostTails.clear();
     x.pending.clear();
     if (x.replay) x.replay.abort();
     x.replay = null;
@@ -308,6 +348,39 @@ export class Executions {
     }, REPLAY_RETRY_MS);
   }
 
+  /** A host's output: alone in its own Term, and whole lines prefixed `host | ` in `term`. */
+  _writeHost(x, p) {
+    let own = x.hostTerms.get(p.host);
+    if (!own) x.hostTerms.set(p.host, (own = new Term()));
+    own.write(p.stream, p.output);
+    // Hosts interleave: only whole lines go to the shared Term, so none is cut by another.
+    const text = (x.hostTails.get(p.host) || "") + p.output;
+    const cut = text.lastIndexOf("\n") + 1;
+    x.hostTails.set(p.host, text.slice(cut));
+    if (cut) x.term.write(p.stream, text.slice(0, cut).replace(/^(?=.)/gm, `${p.host} | `));
+  }
+
+  _hostEvent(x, name, p) {
+    const step = x.steps.get(p.stepId);
+    if (!step) return;
+    step.hosts ||= new Map();
+    if (name === "playbook_host_start") {
+      upsertHost(step, p.host, { status: "running", attempt: p.attempt, startedMs: Date.now() });
+      return;
+    }
+    const fields = { status: p.status, durationMs: p.durationMs, error: p.error };
+    if (p.exitCode !== undefined && p.exitCode !== null) fields.exitCode = p.exitCode;
+    upsertHost(step, p.host, fields);
+    const tail = x.hostTails.get(p.host);
+    if (x.term && tail) x.term.write("stdout", `${p.host} | ${tail}\n`);
+    x.hostTails.delete(p.host);
+    if (x.term) {
+      const exit = fields.exitCode !== undefined ? `, exit code ${fields.exitCode}` : "";
+      const kind = p.success ? "m-ok" : "m-bad";
+      x.term.meta(`${p.success ? "✓" : "✗"} ${p.host} ${p.status}${exit}`, kind);
+    }
+  }
+
   _apply(x, ev, source) {
     const p = ev.payload;
     const term = x.term;
@@ -332,7 +405,8 @@ export class Executions {
           if (p.droppedBytes) {
             term.meta(`… ${p.droppedBytes} bytes of output lost (Redis unreachable)`, "m-warn");
           }
-          term.write(p.stream, p.output);
+          if (p.host) this._writeHost(x, p);
+          else term.write(p.stream, p.output);
           if (p.truncated) term.meta("… output cap reached: later output is not kept", "m-warn");
         }
         if (p.truncated) x.outputTruncated = true;
@@ -341,6 +415,10 @@ export class Executions {
         this._changed(x, { term: term !== null, detail: before !== x.status });
         return;
       }
+      case "playbook_host_start":
+      case "playbook_host_complete":
+        this._hostEvent(x, ev.event, p);
+        break;
       case "playbook_step_start": {
         x.totalSteps = Math.max(x.totalSteps, p.totalSteps || 0);
         const fields = {
@@ -352,6 +430,11 @@ export class Executions {
           attempt: p.attempt,
         };
         upsertStep(x, p.stepId, fields, { force: true });
+        if (Array.isArray(p.hosts)) {
+          const step = x.steps.get(p.stepId);
+          step.hosts = new Map(); // a retry starts every host again
+          for (const host of p.hosts) upsertHost(step, host, {});
+        }
         raiseStatus(x, "running");
         if (term) {
           const retry = p.attempt > 1 ? ` (attempt ${p.attempt})` : "";
