@@ -8,7 +8,8 @@ import pytest
 
 from events.errors import CannotRerunError
 from events.rerun import NOTHING_TO_RERUN, RerunHosts, RerunPlan, RerunSource, plan_rerun
-from worker.playbook.rerun import rerun_spec, rerun_step_records
+from worker.playbook.rerun import rerun_spec
+from worker.playbook.run import step_records_of
 
 FAILED, ALL = RerunHosts.FAILED, RerunHosts.ALL
 
@@ -105,5 +106,5 @@ def test_the_spec_is_the_remaining_steps_numbered_from_1_with_a_frozen_subset() 
     assert new["steps"][0]["targets"] == {"hosts": ["w2@t"]}
     assert new["steps"][1]["targets"] == {"queue": "w"}  # later steps as written
     assert spec["steps"][1]["targets"] == {"queue": "web"}  # the old spec is left alone
-    assert [(r.step_id, r.step_name) for r in rerun_step_records(new)] == [("b", "B"), ("c", "C")]
+    assert [(r.step_id, r.step_name) for r in step_records_of(new)] == [("b", "B"), ("c", "C")]
     assert rerun_spec(spec, RerunPlan(1))["steps"][0]["targets"] == {"queue": "web"}

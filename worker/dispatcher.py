@@ -22,7 +22,7 @@ from worker.commands import command_type_named, validate_command
 from worker.finish import finish
 from worker.playbook.ending import playbook_output_tail
 from worker.playbook.loading import check_for_saving
-from worker.playbook.rerun import rerun_spec, rerun_step_records
+from worker.playbook.rerun import rerun_spec
 from worker.playbook.run import queue_run, submit_playbook
 from worker.runner import cancel_unstarted
 from worker.runtime import Runtime
@@ -107,7 +107,6 @@ class Dispatcher:
                 self.tasks,
                 execution_id,
                 new_spec,
-                rerun_step_records(new_spec),
                 extra=extra,
             )
         except BrokerUnavailableError as e:

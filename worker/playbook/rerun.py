@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from events.records import StepRecord
 from events.rerun import RerunPlan
 
 
@@ -28,7 +27,3 @@ def rerun_spec(spec: Mapping[str, Any], plan: RerunPlan) -> dict[str, Any]:
         # a playbook naming it.
         steps[0]["targets"] = {"hosts": list(plan.hosts)}
     return dict(spec) | {"steps": steps}
-
-
-def rerun_step_records(spec: Mapping[str, Any]) -> list[StepRecord]:
-    return [StepRecord(step_id=s["step_id"], step_name=s["step_name"]) for s in spec["steps"]]

@@ -70,9 +70,6 @@ class PreparedPlaybook:
     def max_concurrent(self) -> int | None:
         return self.playbook.max_concurrent
 
-    def step_records(self) -> list[StepRecord]:
-        return [StepRecord(step_id=s.step_id, step_name=s.step_name) for s in self.steps]
-
     def spec(self) -> dict[str, Any]:
         """What the step tasks read back from the record."""
         return {
@@ -117,9 +114,13 @@ def submit_playbook(
         tasks,
         execution_id,
         prepared.spec(),
-        prepared.step_records(),
         extra=saved.record_fields() if saved is not None else {},
     )
+
+
+def step_records_of(spec: Mapping[str, Any]) -> list[StepRecord]:
+    """The record's steps (all pending) of a run of `spec`."""
+    return [StepRecord(step_id=s["step_id"], step_name=s["step_name"]) for s in spec["steps"]]
 
 
 def queue_run(
@@ -127,7 +128,6 @@ def queue_run(
     tasks: TaskQueue,
     execution_id: str,
     spec: Mapping[str, Any],
-    step_records: list[StepRecord],
     *,
     extra: Mapping[str, str],
 ) -> str:
@@ -147,7 +147,7 @@ def queue_run(
         options=spec.get("options") or {},
         queued_at=utc_now(),
         spec=spec,
-        steps=step_records,
+        steps=step_records_of(spec),
         extra=fields | dict(extra),
     )
     if limit:
