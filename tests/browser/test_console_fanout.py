@@ -155,3 +155,28 @@ def test_failed_host_and_rerun_buttons(page: Page, fleet: Fleet, web_fleet: list
     expect(page.get_by_test_id("execution-id")).to_have_text(other)  # the new one opened
     assert [json.loads(body) for body, _ in seen] == [{"hosts": "failed"}, {"hosts": "all"}]
     assert all(auth == f"Bearer {fleet.token}" for _, auth in seen)
+
+
+def test_rerun_failed_button_on_the_real_route(
+    page: Page, fleet: Fleet, web_fleet: list[str]
+) -> None:
+    """The button against the relay's real route: a new execution opens, `rerunOf` names the
+    failed one and only the host that failed runs again (it fails again, the same way)."""
+    console = ConsolePage(page, fleet)
+    console.sign_in()
+    ex_id = console.run_playbook(fanout_yaml('echo $MARK; [ "$MARK" != mark-web2 ] || exit 3'))
+    console.expect_status("failed")
+    expect(host_row(page, "web2@t")).to_have_attribute("data-status", "failed", timeout=30_000)
+    page.get_by_test_id("rerun-failed").click()
+    expect(page.get_by_test_id("execution-id")).not_to_have_text(ex_id, timeout=10_000)
+    new_id = page.get_by_test_id("execution-id").text_content() or ""
+    console.expect_status("failed")
+    bad = host_row(page, "web2@t")
+    expect(bad).to_have_attribute("data-status", "failed", timeout=30_000)
+    expect(bad.get_by_test_id("fanout-host-exit")).to_have_text("3")
+    expect(page.locator('[data-testid="fanout-host"]')).to_have_count(1)
+    expect_tab_output(page, "web2@t", [MARKS["web2@t"]])
+    with fleet.api() as api:
+        record = api.get(f"/api/executions/{new_id}").json()
+    assert record["rerunOf"] == ex_id
+    assert [h["host"] for h in record["steps"][0]["hosts"]] == ["web2@t"]
