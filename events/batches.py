@@ -28,6 +28,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,9 @@ _DIRECT_TRIES = 4
 _BUFFER_CUTOFF = 6000
 # One WAIT blocks at most this long: less than the connection's 5 s read timeout.
 _MAX_WAIT_MS = 4000
+# How often a sender asks Redis whether anyone listens to the all-executions channel: output
+# goes there only while someone does (see `BatchSender.all_output`).
+ALL_CHECK_S = 0.5
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +131,8 @@ class BatchSender:
     _plan: _Script = field(default_factory=lambda: _Script("plan"))
     _conn: Any = None
     _conn_pid: int = 0
+    _all_listened: bool = True
+    _all_checked_at: float = float("-inf")
 
     def send(self, batch: list[Item], *, direct: bool) -> list[int]:
         try:
@@ -144,6 +150,21 @@ class BatchSender:
 
     def _send(self, batch: list[Item], direct: bool) -> list[int]:
         return self._send_direct(batch) if direct else self._send_scripted(batch)
+
+    def _all_output(self, conn: Any) -> bool:
+        """Whether output chunks also go to the all-executions channel: only while someone
+        subscribes to it (asked at most every ALL_CHECK_S). Nobody listening, a copy of every
+        chunk there was a third of the bytes the bus sends to Redis (issue 19). Control events
+        always go: a new listener sees every execution's next event at once, and its output
+        from at most ALL_CHECK_S later; the relay's all-executions feed fills what it missed
+        of an execution it knows from that execution's history (api/feed.py, AllFeed)."""
+        now = time.monotonic()
+        if now - self._all_checked_at >= ALL_CHECK_S:
+            (reply,) = self._roundtrip(conn, [("PUBSUB", "NUMSUB", self.keys.channel_all())])
+            _raise_first_error([reply])
+            self._all_listened = int(reply[1]) > 0
+            self._all_checked_at = now
+        return self._all_listened
 
     # -- replicas ---------------------------------------------------------------------------
     def _wait_commands(self) -> list[tuple[Any, ...]]:
@@ -203,6 +224,8 @@ class BatchSender:
     # -- the script path -------------------------------------------------------------------
     def _send_scripted(self, batch: list[Item]) -> list[int]:
         keys, s = self.keys, self.settings
+        conn = self._connection()
+        all_output = self._all_output(conn)
         commands: list[tuple[Any, ...]] = []
         for it in batch:
             ex = it.execution_id
@@ -219,7 +242,7 @@ class BatchSender:
                     it.tail,
                     TRUNCATED_FIELD,
                     keys.channel(ex),
-                    keys.channel_all(),
+                    keys.channel_all() if all_output or not it.out_bytes else "",
                     s.history_ttl_s,
                     it.out_bytes,
                     s.max_output_bytes,
@@ -231,7 +254,6 @@ class BatchSender:
                 )
             )
         wait = self._wait_commands()
-        conn = self._connection()
         replies = self._roundtrip(conn, commands + wait)
         acked = replies.pop() if wait else None
         _raise_first_error(replies)
@@ -275,6 +297,7 @@ class BatchSender:
     ) -> list[int] | None:
         """One WATCH, plan, MULTI/EXEC; None when another publisher got in between."""
         keys = self.keys
+        all_output = self._all_output(conn)
         watched, planned = self._roundtrip(conn, [("WATCH", *(keys.seq(e) for e in execs)), plan])
         _raise_first_error([watched, planned])
         ids, marks, writes = planned
@@ -285,7 +308,8 @@ class BatchSender:
                 ex = it.execution_id
                 commands.append(("XADD", keys.history(ex), b"%d-0" % seq, "e", env))
                 commands.append(("PUBLISH", keys.channel(ex), env))
-                commands.append(("PUBLISH", keys.channel_all(), env))
+                if all_output or not it.out_bytes:
+                    commands.append(("PUBLISH", keys.channel_all(), env))
         commands += [tuple(w) for w in writes]
         commands.append(("EXEC",))
         if self.before_exec is not None:

@@ -1,6 +1,7 @@
 """Publish events: each batch assigns its events their sequence ids, appends them to their
 executions' history streams, publishes them on the executions' channels and on the
-all-executions channel, and updates the records, in one atomic step per event or per batch
+all-executions channel (output only while someone listens there: `BatchSender._all_output`),
+and updates the records, in one atomic step per event or per batch
 (events/batches.py; the rules are events/lua/rules.lua).
 
 `Publisher.publish()` never blocks (unless asked to wait, with a timeout) and never raises for

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import redis
 
+from events.batches import ALL_CHECK_S, DIRECT_MIN_BYTES
 from events.clients import make_redis
 from events.keys import Keys
 from events.models import (
@@ -758,3 +759,55 @@ def test_output_idle_until_redis_confirms_every_event_of_the_execution(
     pub.publish(out(ex, "then\n"))
     pub.forget(ex)
     assert pub.output_idle(ex)
+
+
+def test_output_goes_to_the_all_channel_only_while_someone_subscribes(
+    settings: Settings,
+    keys: Keys,
+    new_client: Callable[[str], redis.Redis],
+    new_publisher: Callable[..., Publisher],
+) -> None:
+    """Nobody subscribed: output skips the all-executions channel (a pattern subscription,
+    which Redis's NUMSUB does not count, sees what goes there) while control events still go;
+    once someone subscribes, output goes there too within ALL_CHECK_S. Both the script path
+    (small batches) and the direct path (big output) follow the rule."""
+    client = new_client(settings.redis_url or "")
+    watcher = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    watcher.psubscribe(keys.channel_all())
+    seen: list[str] = []
+
+    def drain_until(what: str, done: Callable[[], bool]) -> None:
+        def step() -> bool:
+            msg = watcher.get_message(timeout=0.05)
+            if msg is not None and msg["type"] == "pmessage":
+                seen.append(RawEvent.from_json(msg["data"]).event)
+            return done()
+
+        wait_until(step, 10.0, interval_s=0.0, what=what)
+
+    listener = None
+    try:
+        pub = new_publisher(settings)
+        pub.publish(started("ex_q"))
+        pub.publish(out("ex_q", "small"))  # the script path
+        assert pub.flush(10.0)
+        pub.publish(out("ex_q", "y" * DIRECT_MIN_BYTES))  # the direct path
+        assert pub.flush(10.0)
+        pub.publish(started("ex_r"))
+        assert pub.flush(10.0)
+        drain_until("both control events", lambda: seen.count("execution_started") == 2)
+        assert "execution_output" not in seen
+
+        listener = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        listener.subscribe(keys.channel_all())
+        deadline = time.monotonic() + ALL_CHECK_S + 5.0
+        while "execution_output" not in seen and time.monotonic() < deadline:
+            pub.publish(out("ex_q", "small again"))
+            pub.publish(out("ex_q", "z" * DIRECT_MIN_BYTES))
+            assert pub.flush(10.0)
+            drain_until("the batch on the all channel", lambda: True)
+        drain_until("output on the all channel", lambda: "execution_output" in seen)
+    finally:
+        watcher.close()
+        if listener is not None:
+            listener.close()

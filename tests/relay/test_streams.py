@@ -289,8 +289,14 @@ def test_streams_closed_at_once_are_forgotten(relay: RelayProcess, api: httpx.Cl
     async def many() -> None:
         await asyncio.gather(*(open_and_leave() for _ in range(100)))
 
+    def sse_forgotten() -> bool:
+        return 'cloudops_connected_clients{kind="sse"} 0' in api.get("/metrics").text
+
     for _ in range(3):
         asyncio.run(many())
+        # Each round fills the address's stream slots (100): the next waits until the relay
+        # has seen this one's clients leave, or its streams are refused with 429, rightly.
+        wait_for(sse_forgotten, 10.0, 0.05, "the SSE streams to be forgotten")
     for _ in range(20):
         with ws_connect(relay) as ws:
             ws.send(json.dumps({"subscribe": ex}))
