@@ -76,7 +76,7 @@ def plan_rerun(source: RerunSource, hosts: RerunHosts) -> RerunPlan:
     """What the rerun of `source` runs. CannotRerunError (a 409) while it is queued or
     running, when `hosts` is failed and nothing failed, or without the spec it ran."""
     record = source.record
-    status = Status(str(record.get("status")))
+    status = Status(str(record.get(RecordField.STATUS)))
     if not status.terminal:
         raise CannotRerunError(
             source.execution_id,
@@ -86,11 +86,11 @@ def plan_rerun(source: RerunSource, hosts: RerunHosts) -> RerunPlan:
         raise CannotRerunError(
             source.execution_id, f"execution {source.execution_id} has no stored spec to rerun"
         )
-    if record.get("commandType") != CommandType.PLAYBOOK:
+    if record.get(RecordField.COMMAND_TYPE) != CommandType.PLAYBOOK:
         if hosts == RerunHosts.FAILED and status == Status.COMPLETED:
             raise CannotRerunError(source.execution_id, NOTHING_TO_RERUN)
         return RerunPlan(0)
-    steps: list[Mapping[str, Any]] = list(record.get("steps") or [])
+    steps: list[Mapping[str, Any]] = list(record.get(RecordField.STEPS) or [])
     first = next((i for i, s in enumerate(steps) if not _step_succeeded(s)), None)
     if first is None:
         if hosts == RerunHosts.FAILED:
