@@ -33,6 +33,7 @@ from worker.playbook.ending import go_on
 from worker.playbook.render import RenderedStep
 from worker.playbook.steps import (
     StepOutcome,
+    Supervision,
     report_step_complete,
     report_step_start,
     run_attempts,
@@ -174,14 +175,8 @@ def _run_host(ctx: _Step, reporter: Reporter, host: str, worker: str, stop: Task
 
     with renewed(renew, rt.settings.heartbeat_interval_s):
         reporter.host_start(step_id=step.step_id, step_number=ctx.number, attempt=1)
-        outcome = run_attempts(
-            reporter,
-            rt.settings,
-            step,
-            watch=watch,
-            cancel_confirmed=lambda: cancel_confirmed_in(rt, execution_id),
-            on_start=on_start,
-        )
+        supervision = Supervision(watch, lambda: cancel_confirmed_in(rt, execution_id), on_start)
+        outcome = run_attempts(reporter, rt.settings, step, supervision)
         status = HostStatus(outcome.status.value)
         if outcome.stop_reason is StopReason.WORKER_LOST:
             status = HostStatus.LOST

@@ -36,7 +36,7 @@ from worker.playbook.loading import load_playbook
 from worker.playbook.render import RenderedStep, render_all
 from worker.playbook.slots import admit
 from worker.playbook.spec import Playbook
-from worker.playbook.steps import run_step
+from worker.playbook.steps import Supervision, run_step
 from worker.playbook.targets import step_route
 from worker.runner import (
     TaskStop,
@@ -199,25 +199,21 @@ def _run_claimed(
     tasks: TaskQueue,
     stop: TaskStop,
 ) -> str:
-    reporter.masker = masker_for(rt.settings, {})
+    reporter.masker = masker = masker_for(rt.settings, {})
     spec_text, started_at = rt.records.fields(execution_id, F.SPEC, F.STARTED_AT)
     spec: dict[str, Any] = json.loads(spec_text or "{}")
     step = RenderedStep.from_dict(spec["steps"][index])
     if index == 0:
         options = ExecutionOptions.model_validate(spec.get("options") or {})
-        name = masker_for(rt.settings, {}).mask(str(spec.get("playbook", "")))
+        name = masker.mask(str(spec.get("playbook", "")))
         started_at = reporter.started(name, CommandType.PLAYBOOK, options)
     started_at = started_at or utc_now()
 
     watch = watched(rt, execution_id, worker, stop)
     if step.targets is not None:
         return start_fan_out(rt, reporter, execution_id, step, spec, tasks, worker, started_at)
-    outcome = run_step(
-        reporter,
-        rt.settings,
-        step,
-        watch=watch,
-        cancel_confirmed=lambda: cancel_confirmed_in(rt, execution_id),
-        on_start=pid_recorder(rt, execution_id),
+    supervision = Supervision(
+        watch, lambda: cancel_confirmed_in(rt, execution_id), pid_recorder(rt, execution_id)
     )
+    outcome = run_step(reporter, rt.settings, step, supervision)
     return go_on(rt, reporter, execution_id, step, outcome, spec, tasks, worker, started_at)

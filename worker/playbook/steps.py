@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from events.lifecycle import Reporter
+from events.masking import Masker
 from events.records import HostRun
 from events.settings import Settings
 from events.vocabulary import Status
@@ -70,34 +71,33 @@ def step_spec(step: RenderedStep) -> CommandSpec:
     )
 
 
+@dataclass(frozen=True)
+class Supervision:
+    """What watches each attempt of a step: `watch` around its executor (cancel and lost-worker
+    checks), `cancel_confirmed` to tell a cancel from a kill, `on_start` with its process tree
+    (the pids the host's reaper needs)."""
+
+    watch: Watch
+    cancel_confirmed: Callable[[], bool]
+    on_start: Callable[[CommandTree], None] | None = None
+
+
 def run_step(
-    reporter: Reporter,
-    settings: Settings,
-    step: RenderedStep,
-    *,
-    watch: Watch,
-    cancel_confirmed: Callable[[], bool],
-    on_start: Callable[[CommandTree], None] | None = None,
+    reporter: Reporter, settings: Settings, step: RenderedStep, supervision: Supervision
 ) -> StepOutcome:
     """Run a step and its retries; publish its start, output and completion."""
-    report_step_start(reporter, settings, step)
-    outcome = run_attempts(
-        reporter,
-        settings,
-        step,
-        watch=watch,
-        cancel_confirmed=cancel_confirmed,
-        on_start=on_start,
-    )
+    masker = report_step_start(reporter, settings, step)
+    outcome = run_attempts(reporter, settings, step, supervision, masker)
     report_step_complete(reporter, step, outcome)
     return outcome
 
 
 def report_step_start(
     reporter: Reporter, settings: Settings, step: RenderedStep, hosts: list[str] | None = None
-) -> None:
+) -> Masker:
     """The step's playbook_step_start (a fan-out step's with its frozen `hosts`); from now on
-    the reporter masks the secrets of the step's environment in everything it publishes."""
+    the reporter masks the secrets of the step's environment in everything it publishes (the
+    masker returned)."""
     masker = masker_for(settings, step_spec(step).env)
     reporter.masker = masker
     reporter.step_start(
@@ -109,6 +109,7 @@ def report_step_start(
         attempt=1,
         hosts=hosts,
     )
+    return masker
 
 
 def report_step_complete(
@@ -141,15 +142,15 @@ def run_attempts(
     reporter: Reporter,
     settings: Settings,
     step: RenderedStep,
-    *,
-    watch: Watch,
-    cancel_confirmed: Callable[[], bool],
-    on_start: Callable[[CommandTree], None] | None = None,
+    supervision: Supervision,
+    masker: Masker | None = None,
 ) -> StepOutcome:
     """Run a step's command and its retries here (a single step, or one host's share of a
-    fan-out step), each attempt under its own process tree; the outcome of the last one."""
+    fan-out step), each attempt under its own process tree; the outcome of the last one.
+    `masker`: the step's, when its start was reported here already."""
     spec = step_spec(step)
-    masker = masker_for(settings, spec.env)
+    if masker is None:
+        masker = masker_for(settings, spec.env)
     reporter.masker = masker
     parent_pid = os.getppid()
     t0 = time.monotonic()
@@ -157,13 +158,13 @@ def run_attempts(
     attempt = 0
     while True:
         attempt += 1
-        executor = executor_for(spec, reporter, settings, masker, on_start)
+        executor = executor_for(spec, reporter, settings, masker, supervision.on_start)
         try:
-            with watch(executor):
+            with supervision.watch(executor):
                 result = executor.run()
         finally:
             executor.close()
-        classify_stop(result, cancel_confirmed=cancel_confirmed, parent_pid=parent_pid)
+        classify_stop(result, cancel_confirmed=supervision.cancel_confirmed, parent_pid=parent_pid)
         if result.status == Status.COMPLETED or result.stop_reason is not None or attempt >= tries:
             break
         # Each attempt's output is streamed; this line tells them apart in the stream.
