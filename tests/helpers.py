@@ -62,9 +62,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cloudops_argv(*args: str) -> list[str]:
-    """Run the `cloudops` CLI of this checkout with the test's interpreter."""
-    return [sys.executable, "-c", "from cli.main import main; main()", *args]
+def cloudops_argv(*args: str, preload: str | None = None) -> list[str]:
+    """Run the `cloudops` CLI of this checkout with the test's interpreter; `preload`: a module
+    imported first (a benchmark's extra task on the worker's app)."""
+    code = "from cli.main import main; main()"
+    if preload:
+        code = f"import {preload}; {code}"
+    return [sys.executable, "-c", code, *args]
 
 
 def run_cloudops(
@@ -170,6 +174,20 @@ class ManagedProcess:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout_s)
         self.kill_tree()
+
+
+def stop_all(procs: Iterable[ManagedProcess], timeout_s: float = 15.0) -> None:
+    """`ManagedProcess.stop` of every one at once: all are sent SIGTERM first, so that many
+    warm shutdowns take as long as the slowest, not as their sum."""
+    procs = list(procs)
+    for p in procs:
+        if p.proc.poll() is None:
+            p.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for p in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.proc.wait(max(0.0, deadline - time.monotonic()))
+        p.kill_tree()
 
 
 def start_process(

@@ -124,7 +124,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "task_default_queue": settings.default_queue,
         # Each worker also consumes its own queue, `<hostname>.dq`: a fan-out step sends each
-        # host's run there (worker.taskqueue.CeleryQueue.send_host), to that very worker.
+        # host's run there (worker.taskqueue.CeleryQueue.send_hosts), to that very worker.
         "worker_direct": True,
         # Results travel as events; nothing reads Celery's result backend.
         "task_ignore_result": True,

@@ -13,7 +13,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from worker.executor import StopReason
 from worker.notify import notify_in_thread
@@ -76,10 +76,13 @@ class ThreadQueue:
             done = self._first_rounds.get(execution_id)
         return done is None or done.wait(max(0.0, deadline - time.monotonic()))
 
-    def send_host(self, execution_id: str, index: int, host: str) -> None:
+    def send_hosts(self, execution_id: str, index: int, hosts: Sequence[str]) -> dict[str, str]:
         # One host here: embedded mode's own worker is the only one the registry lists.
-        task_id = host_task_id(execution_id, index, host)
-        self._start(task_id, functools.partial(run_host_step, self.rt, execution_id, index, host))
+        for host in hosts:
+            task_id = host_task_id(execution_id, index, host)
+            run = functools.partial(run_host_step, self.rt, execution_id, index, host)
+            self._start(task_id, run)
+        return {}
 
     def revoke(self, task_id: str, *, terminate: bool) -> None:
         # A task not yet running needs nothing: its claim refuses a cancelled execution.

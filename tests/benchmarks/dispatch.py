@@ -1,5 +1,6 @@
 """Dispatch (issue 3): submit -> `execution_started` received, beside a raw Celery no-op task
-(send -> the task's start notice received) on the same broker in the same run."""
+(send -> the task's start notice received) on the same broker in the same run. `EventTimes`
+hears every event (also the fan-out row's, tests/benchmarks/fanout.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -23,8 +26,17 @@ from tests.helpers import start_process, venv_path_env
 WARMUP_RUNS = 3
 
 
+@dataclass(frozen=True)
+class Arrival:
+    """One event as the channel delivered it: when (time.monotonic), its name and payload."""
+
+    at: float
+    event: str
+    payload: dict[str, Any]
+
+
 class EventTimes:
-    """Arrival times of every execution's started/complete events, from the all-executions
+    """Every event of every execution, stamped with its arrival time, from the all-executions
     channel, subscribed before anything is submitted."""
 
     def __init__(self, client: redis.Redis, channel: str) -> None:
@@ -32,8 +44,7 @@ class EventTimes:
         self._pubsub.subscribe(channel)
         while (m := self._pubsub.get_message(timeout=5.0)) is None or m["type"] != "subscribe":
             pass
-        self.started: dict[str, float] = {}
-        self.completed: set[str] = set()
+        self._events: dict[str, list[Arrival]] = {}
         self._cond = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="bench-events", daemon=True)
@@ -47,22 +58,31 @@ class EventTimes:
             arrived = time.monotonic()
             env = json.loads(msg["data"])
             with self._cond:
-                if env["event"] == "execution_started":
-                    self.started[env["executionId"]] = arrived
-                elif env["event"] == "execution_complete":
-                    self.completed.add(env["executionId"])
+                got = self._events.setdefault(env["executionId"], [])
+                got.append(Arrival(arrived, env["event"], env["payload"]))
                 self._cond.notify_all()
 
-    def wait_started(self, execution_id: str, timeout_s: float = 15.0) -> float:
+    def wait_for(self, execution_id: str, event: str, timeout_s: float = 15.0) -> Arrival:
+        """The execution's first `event`."""
+
+        def first() -> Arrival | None:
+            return next((a for a in self._events.get(execution_id, ()) if a.event == event), None)
+
         with self._cond:
-            if not self._cond.wait_for(lambda: execution_id in self.started, timeout_s):
-                raise TimeoutError(f"no execution_started for {execution_id}")
-            return self.started[execution_id]
+            if (found := self._cond.wait_for(first, timeout_s)) is None:
+                raise TimeoutError(f"no {event} for {execution_id} within {timeout_s:g} s")
+            return found
+
+    def of(self, execution_id: str) -> list[Arrival]:
+        """The execution's events received so far, in order."""
+        with self._cond:
+            return list(self._events.get(execution_id, ()))
+
+    def wait_started(self, execution_id: str, timeout_s: float = 15.0) -> float:
+        return self.wait_for(execution_id, "execution_started", timeout_s).at
 
     def wait_complete(self, execution_id: str, timeout_s: float = 15.0) -> None:
-        with self._cond:
-            if not self._cond.wait_for(lambda: execution_id in self.completed, timeout_s):
-                raise TimeoutError(f"no execution_complete for {execution_id}")
+        self.wait_for(execution_id, "execution_complete", timeout_s)
 
     def close(self) -> None:
         self._stop = True

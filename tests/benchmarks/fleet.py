@@ -14,17 +14,19 @@ from typing import Any
 import redis
 
 from events.clients import redis_for
+from events.hosts import HostRegistry
 from events.keys import Keys
 from events.record_store import RecordStore
 from events.settings import Settings
 from events.subscriber import Follower
 from events.wire import RawEvent
-from tests.benchmarks.core import Context
+from tests.benchmarks.core import Context, wait_for
 from tests.helpers import (
     CeleryDispatcher,
     ManagedProcess,
     cloudops_argv,
     start_process,
+    stop_all,
     worker_env,
 )
 
@@ -91,9 +93,30 @@ class Fleet:
         proc.wait_for_log(" ready.", timeout_s=90)
         return proc
 
+    def start_hosts(
+        self, hostnames: list[str], queue: str, *, preload: str | None = None, timeout_s: float = 90
+    ) -> None:
+        """One worker (concurrency 1) per hostname, consuming `queue`, all started at once (one
+        after another, twenty would take minutes); back once the host registry lists every one
+        online. `preload`: a module each worker imports first (cloudops_argv)."""
+        for host in hostnames:
+            args = ("worker", "--concurrency", "1", "--hostname", host, "--queues", queue)
+            log_path = self.ctx.log_dir / f"{self.name}-{host}.log"
+            argv = cloudops_argv(*args, preload=preload)
+            self.workers.append(start_process(argv, worker_env(self.settings), log_path, host))
+        registry = HostRegistry(self.keys)
+
+        def all_online() -> bool:
+            for proc in self.workers:
+                if proc.proc.poll() is not None:
+                    raise RuntimeError(f"{proc.name} exited early:\n{proc.log()[-3000:]}")
+            online = {h["hostname"] for h in registry.read(self.redis) if h["online"]}
+            return online >= set(hostnames)
+
+        wait_for(all_online, timeout_s, f"{len(hostnames)} workers online", interval_s=0.2)
+
     def close(self) -> None:
-        for proc in self.workers:
-            proc.stop(timeout_s=10)
+        stop_all(self.workers, timeout_s=15)
         self.workers.clear()
         if self._dispatcher is not None:
             self._dispatcher.rt.publisher.close(timeout_s=5)

@@ -30,6 +30,7 @@ ROW_MODULES = (
     "latency_fleet",
     "cancel",
     "dispatch",
+    "fanout",
     "memory",
     "batch",
     "relay",

@@ -198,25 +198,32 @@ def _follow(ctx: _Step, reporter: Reporter, nxt: Next, worker: str) -> str | Non
             skipped = HostRun(host=host, status=HostStatus.SKIPPED, duration_ms=0)
             error = f"skipped: more than {ctx.step.max_failures} hosts failed"
             pending.append(ctx.end_host(reporter, skipped, error, started=False))
-        for host in n.start:
-            _send(ctx, host)
+        _send(ctx, n.start)
     if not last:
         return None
     return _complete_step(ctx, reporter, worker)
 
 
-def _send(ctx: _Step, host: str) -> None:
-    """Send one host's run to that very worker; a send that fails ends the host `failed`."""
+def _send(ctx: _Step, hosts: list[str]) -> None:
+    """Send each host's run to that very worker, their leases renewed in one round trip and
+    their tasks through one producer (twenty hosts one by one spread their starts); a host
+    whose send failed ends `failed` (one the broker did get refuses its run then: its claim
+    finds it ended)."""
+    if not hosts:
+        return
     rt = ctx.rt
     with contextlib.suppress(Exception):
-        rt.fan_out.renew_host_lease(ctx.execution_id, ctx.number, host)
+        rt.fan_out.renew_host_leases(ctx.execution_id, ctx.number, hosts)
     try:
-        ctx.tasks.send_host(ctx.execution_id, ctx.number - 1, host)
+        failed = ctx.tasks.send_hosts(ctx.execution_id, ctx.number - 1, hosts)
     except Exception as e:
-        log.exception("could not send host %s of %s", host, ctx.execution_id)
+        log.exception("could not send the hosts of %s", ctx.execution_id)
+        failed = dict.fromkeys(hosts, str(e))
+    for host, why in failed.items():
+        log.error("could not send host %s of %s: %s", host, ctx.execution_id, why)
         run = HostRun(host=host, status=HostStatus.FAILED, duration_ms=0)
         reporter = Reporter(rt.publisher, ctx.execution_id)
-        nxt = ctx.end_host(reporter, run, f"could not queue: {e}", started=True)
+        nxt = ctx.end_host(reporter, run, f"could not queue: {why}", started=True)
         _follow(ctx, reporter, nxt, "")
 
 
