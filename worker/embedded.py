@@ -21,7 +21,7 @@ from worker.playbook.fanout import run_host_step
 from worker.playbook.run import run_playbook_step
 from worker.runner import TaskStop, run_queued_command
 from worker.runtime import Runtime
-from worker.taskqueue import host_task_id, step_task_id
+from worker.taskqueue import Secrets, host_task_id, step_task_id
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,17 @@ class ThreadQueue:
         self._start(execution_id, functools.partial(run_queued_command, self.rt, execution_id))
 
     def send_step(
-        self, execution_id: str, index: int, queue: str | None, *, host: str | None = None
+        self,
+        execution_id: str,
+        index: int,
+        queue: str | None,
+        *,
+        host: str | None = None,
+        secrets: Secrets = None,
     ) -> None:
         task_id = step_task_id(execution_id, index)
-        self._start(task_id, functools.partial(run_playbook_step, self.rt, execution_id, index))
+        run = functools.partial(run_playbook_step, self.rt, execution_id, index, secrets=secrets)
+        self._start(task_id, run)
 
     def send_notify(self, execution_id: str) -> None:
         # Not one of the tasks `join` waits for: a webhook that is down must not hold up the
@@ -76,10 +83,13 @@ class ThreadQueue:
             done = self._first_rounds.get(execution_id)
         return done is None or done.wait(max(0.0, deadline - time.monotonic()))
 
-    def send_host(self, execution_id: str, index: int, host: str) -> None:
+    def send_host(
+        self, execution_id: str, index: int, host: str, *, secrets: Secrets = None
+    ) -> None:
         # One host here: embedded mode's own worker is the only one the registry lists.
         task_id = host_task_id(execution_id, index, host)
-        self._start(task_id, functools.partial(run_host_step, self.rt, execution_id, index, host))
+        run = functools.partial(run_host_step, self.rt, execution_id, index, host, secrets=secrets)
+        self._start(task_id, run)
 
     def revoke(self, task_id: str, *, terminate: bool) -> None:
         # A task not yet running needs nothing: its claim refuses a cancelled execution.

@@ -10,6 +10,7 @@ bodies in threads.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from celery.utils.nodenames import worker_direct
@@ -41,13 +42,21 @@ class TaskQueue(Protocol):
         ...
 
     def send_step(
-        self, execution_id: str, index: int, queue: str | None, *, host: str | None = None
+        self,
+        execution_id: str,
+        index: int,
+        queue: str | None,
+        *,
+        host: str | None = None,
+        secrets: Secrets = None,
     ) -> None:
         """Queue the task of step `index` (0-based) of a playbook run (see step_task_id), on
-        `queue`, or on worker `host`'s own queue."""
+        `queue`, or on worker `host`'s own queue; `secrets` go in its arguments only."""
         ...
 
-    def send_host(self, execution_id: str, index: int, host: str) -> None:
+    def send_host(
+        self, execution_id: str, index: int, host: str, *, secrets: Secrets = None
+    ) -> None:
         """Queue host `host`'s run of fan-out step `index` on that very worker."""
         ...
 
@@ -59,6 +68,22 @@ class TaskQueue(Protocol):
         """Discard a queued task; with `terminate`, also stop it where it runs (the task then
         kills its command's tree and reports)."""
         ...
+
+
+# A playbook run's secret params' values (worker.playbook.secrets), or None.
+Secrets = Mapping[str, str] | None
+
+
+def secret_kwargs(secrets: Secrets) -> dict[str, Any]:
+    """A task's `secrets` argument, and how Celery shows it: its logs and monitoring events
+    (Flower) print `kwargsrepr` instead of the arguments (Celery's documented way to keep
+    sensitive arguments out of them)."""
+    if not secrets:
+        return {}
+    return {
+        "kwargs": {"secrets": dict(secrets)},
+        "kwargsrepr": repr({"secrets": {name: "***" for name in secrets}}),
+    }
 
 
 def step_task_id(execution_id: str, index: int) -> str:
@@ -97,7 +122,13 @@ class CeleryQueue:
         )
 
     def send_step(
-        self, execution_id: str, index: int, queue: str | None, *, host: str | None = None
+        self,
+        execution_id: str,
+        index: int,
+        queue: str | None,
+        *,
+        host: str | None = None,
+        secrets: Secrets = None,
     ) -> None:
         where = direct(host) if host else {"queue": queue or self.default_queue}
         self._send(
@@ -106,15 +137,19 @@ class CeleryQueue:
             task_id=step_task_id(execution_id, index),
             priority=self.first_step_priority if index == 0 else self.go_on_priority,
             **where,
+            **secret_kwargs(secrets),
         )
 
-    def send_host(self, execution_id: str, index: int, host: str) -> None:
+    def send_host(
+        self, execution_id: str, index: int, host: str, *, secrets: Secrets = None
+    ) -> None:
         self._send(
             TASK_RUN_HOST,
             args=[execution_id, index, host],
             task_id=host_task_id(execution_id, index, host),
             priority=self.go_on_priority,
             **direct(host),
+            **secret_kwargs(secrets),
         )
 
     def send_notify(self, execution_id: str) -> None:

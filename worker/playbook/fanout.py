@@ -31,6 +31,7 @@ from events.vocabulary import HostStatus, Outcome, RecordField, Status, step_fie
 from worker.executor import StopReason
 from worker.playbook.ending import go_on
 from worker.playbook.render import RenderedStep
+from worker.playbook.secrets import secrets_of, step_of, with_secrets
 from worker.playbook.steps import (
     StepOutcome,
     report_step_complete,
@@ -134,15 +135,17 @@ def run_host_step(
     task_id: str,
     tasks: TaskQueue,
     stop: TaskStop | None = None,
+    secrets: Mapping[str, str] | None = None,
 ) -> str:
-    """One host's run of step `index`: the body of its task, on that host."""
+    """One host's run of step `index`: the body of its task, on that host (`secrets`: the
+    run's secret params' values, from the task's arguments)."""
     number = index + 1
     claim = rt.fan_out.claim(execution_id, number, host, task_id)
     if claim == Outcome.ENDED:
         log.info("host %s of step %d of %s not run: %s", host, number, execution_id, claim)
         return claim
-    spec: dict[str, Any] = json.loads(rt.records.field(execution_id, F.SPEC) or "{}")
-    ctx = _Step(rt, execution_id, RenderedStep.from_dict(spec["steps"][index]), spec, tasks)
+    spec = with_secrets(json.loads(rt.records.field(execution_id, F.SPEC) or "{}"), secrets)
+    ctx = _Step(rt, execution_id, step_of(spec, index), spec, tasks)
     reporter = Reporter(rt.publisher, execution_id, worker=worker)
     reporter.host = host
     stop = stop or TaskStop()
@@ -216,7 +219,7 @@ def _send(ctx: _Step, host: str) -> None:
     with contextlib.suppress(Exception):
         rt.fan_out.renew_host_lease(ctx.execution_id, ctx.number, host)
     try:
-        ctx.tasks.send_host(ctx.execution_id, ctx.number - 1, host)
+        ctx.tasks.send_host(ctx.execution_id, ctx.number - 1, host, secrets=secrets_of(ctx.spec))
     except Exception as e:
         log.exception("could not send host %s of %s", host, ctx.execution_id)
         run = HostRun(host=host, status=HostStatus.FAILED, duration_ms=0)

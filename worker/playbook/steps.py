@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from events.lifecycle import Reporter
+from events.masking import Masker
 from events.records import HostRun
 from events.settings import Settings
 from events.vocabulary import Status
@@ -70,6 +71,11 @@ def step_spec(step: RenderedStep) -> CommandSpec:
     )
 
 
+def step_masker(settings: Settings, step: RenderedStep) -> Masker:
+    """What the step's events mask: its environment's secrets and its secret params' values."""
+    return masker_for(settings, step_spec(step).env, step.secrets)
+
+
 def run_step(
     reporter: Reporter,
     settings: Settings,
@@ -98,7 +104,7 @@ def report_step_start(
 ) -> None:
     """The step's playbook_step_start (a fan-out step's with its frozen `hosts`); from now on
     the reporter masks the secrets of the step's environment in everything it publishes."""
-    masker = masker_for(settings, step_spec(step).env)
+    masker = step_masker(settings, step)
     reporter.masker = masker
     reporter.step_start(
         step_id=step.step_id,
@@ -149,7 +155,7 @@ def run_attempts(
     """Run a step's command and its retries here (a single step, or one host's share of a
     fan-out step), each attempt under its own process tree; the outcome of the last one."""
     spec = step_spec(step)
-    masker = masker_for(settings, spec.env)
+    masker = step_masker(settings, step)
     reporter.masker = masker
     parent_pid = os.getppid()
     t0 = time.monotonic()
