@@ -123,11 +123,7 @@ def test_every_problem_at_once_and_the_cli_prints_a_line_each(
     assert resp.status_code == 422, resp.text
     assert [d["loc"][-1] for d in resp.json()["detail"]] == ["keep", "region", "tag", "dry_run"]
     assert fleet.relay is not None
-    env = {
-        **worker_env(fleet.settings),
-        "CLOUDOPS_API_URL": fleet.relay.base_url,
-        "CLOUDOPS_API_TOKEN": TOKEN,
-    }
+    env = _cli_env(fleet)
     args = [f"--param={k}={v}" for k, v in bad.items()]
     ran = run_cloudops("run", "--playbook-name", "typed", *args, env=env)
     assert ran.returncode == 2 and ran.stdout == ""
@@ -135,6 +131,15 @@ def test_every_problem_at_once_and_the_cli_prints_a_line_each(
     assert len(lines) == 4 and "keep" in lines[0] and "dry_run" in lines[3], ran.stderr
     assert SECRET not in ran.stderr
     assert _created(fleet) == before
+
+
+def _cli_env(fleet: Fleet) -> dict[str, str]:
+    assert fleet.relay is not None
+    return {
+        **worker_env(fleet.settings),
+        "CLOUDOPS_API_URL": fleet.relay.base_url,
+        "CLOUDOPS_API_TOKEN": TOKEN,
+    }
 
 
 def test_a_bad_declaration_is_refused_when_saved(api: httpx.Client) -> None:
@@ -248,3 +253,30 @@ def test_defaults_apply_and_a_secret_is_masked_everywhere_and_never_stored(
     assert _ended(api, rerun_id)["status"] == "completed"
     out = api.get(f"/api/executions/{rerun_id}/output").text
     assert out.splitlines()[-1] == "second ***" and other not in out
+
+    # The CLI's rerun: the same question, `--param` the answer.
+    refused = run_cloudops("rerun", execution_id, env=_cli_env(fleet))
+    assert refused.returncode == 2 and "api_key" in refused.stderr, refused.stderr
+    ran = run_cloudops("rerun", execution_id, f"--param=api_key={other}", env=_cli_env(fleet))
+    assert (ran.returncode, ran.stdout.splitlines()[-1]) == (0, "second ***"), ran.stderr
+    assert other not in ran.stdout + ran.stderr
+
+
+def test_a_fan_out_step_gets_the_secret_on_its_hosts(api: httpx.Client, fleet: Fleet) -> None:
+    host = f"hist{fleet.starts}@test"
+    text = (
+        "name: fan\nparams:\n  api_key: {type: secret, required: true}\nsteps:\n"
+        f"  - id: each\n    targets: {{hosts: [{host}]}}\n"
+        '    command: echo "on $(hostname) {{ params.api_key }}"\n'
+        '  - id: after\n    command: echo "after {{ params.api_key }}"\n'
+    )
+    body = {"commandType": "playbook", "playbook": text, "params": {"api_key": SECRET}}
+    resp = api.post("/api/executions", json=body)
+    assert resp.status_code == 202, resp.text
+    execution_id = resp.json()["executionId"]
+    record = _ended(api, execution_id)
+    assert record["status"] == "completed", record
+    out = api.get(f"/api/executions/{execution_id}/output").text
+    lines = out.splitlines()
+    assert len(lines) == 2 and lines[0].endswith(" ***") and lines[1] == "after ***", out
+    assert SECRET not in out

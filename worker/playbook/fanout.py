@@ -31,7 +31,7 @@ from events.vocabulary import HostStatus, Outcome, RecordField, Status, step_fie
 from worker.executor import StopReason
 from worker.playbook.ending import go_on
 from worker.playbook.render import RenderedStep
-from worker.playbook.secrets import secrets_of, step_of, with_secrets
+from worker.playbook.secrets import MissingSecretError, secrets_of, step_of, with_secrets
 from worker.playbook.steps import (
     StepOutcome,
     report_step_complete,
@@ -145,7 +145,12 @@ def run_host_step(
         log.info("host %s of step %d of %s not run: %s", host, number, execution_id, claim)
         return claim
     spec = with_secrets(json.loads(rt.records.field(execution_id, F.SPEC) or "{}"), secrets)
-    ctx = _Step(rt, execution_id, step_of(spec, index), spec, tasks)
+    missing: str | None = None
+    try:
+        step = step_of(spec, index)
+    except MissingSecretError as e:  # sent by a reaper, which holds no secrets
+        step, missing = RenderedStep.from_dict(spec["steps"][index]), str(e)
+    ctx = _Step(rt, execution_id, step, spec, tasks)
     reporter = Reporter(rt.publisher, execution_id, worker=worker)
     reporter.host = host
     stop = stop or TaskStop()
@@ -153,6 +158,9 @@ def run_host_step(
         if claim == Outcome.CANCEL:
             run = HostRun(host=host, status=HostStatus.CANCELLED, duration_ms=0)
             nxt = ctx.end_host(reporter, run, "cancelled", started=True)
+        elif missing is not None:
+            run = HostRun(host=host, status=HostStatus.FAILED, duration_ms=0)
+            nxt = ctx.end_host(reporter, run, missing, started=True)
         else:
             with sigterm_stops(stop):
                 nxt = _run_host(ctx, reporter, host, worker, stop)

@@ -123,7 +123,7 @@ def rerun_secrets(spec: Mapping[str, Any], params: Mapping[str, object] | None) 
     problems = [
         Problem(
             ("params", n),
-            f"params: secret param {shown(n)} is never stored: give it again"
+            f"secret param {shown(n)} is never stored: give it again"
             f' ("params": {{"{n}": ...}} in the rerun request, or --param {n}=VALUE)',
         )
         for n in names
@@ -132,7 +132,7 @@ def rerun_secrets(spec: Mapping[str, Any], params: Mapping[str, object] | None) 
     problems += [
         Problem(
             ("params", str(k)),
-            f"params: {shown(str(k))} is not a secret param of this run; a rerun takes only"
+            f"{shown(str(k))} is not a secret param of this run; a rerun takes only"
             f" those ({', '.join(names) or 'none'}), the other values are the old run's",
         )
         for k in given
