@@ -74,7 +74,7 @@ def test_defaults_apply_and_values_are_text_of_their_type() -> None:
         ({"tag": "ABC"}, "tag", "must match the pattern '[a-z]+', got 'ABC'"),
         ({"dry_run": "maybe"}, "dry_run", "must be true or false"),
         ({"api_key": ["x"]}, "api_key", "must be a string, got a list"),
-        ({"api_key": None}, "api_key", "{{ params.api_key }} has no value"),
+        ({"api_key": None}, "api_key", "param 'api_key' is required"),  # used, no default
     ],
 )
 def test_each_bad_value_is_a_problem_naming_the_param(

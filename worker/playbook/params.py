@@ -131,14 +131,14 @@ def check_given(
             continue
         if decl.default is not None:
             values[name] = as_text(decl.default)
-        elif decl.required:
+        elif decl.required or name in uses:  # used: it needs a value all the same
             problems.add_param(
                 name,
                 f"param {shown(name)} is required: pass it (--param {name}=VALUE, or"
                 f' "params": {{"{name}": ...}} in the request)',
             )
     for name, paths in uses.items():
-        if name not in values and name not in given and not _required(declared.get(name)):
+        if name not in declared and name not in given:
             problems.add(
                 paths[0],
                 f"{{{{ params.{name} }}}} has no value: pass it (--param {name}=VALUE, or"
@@ -147,8 +147,3 @@ def check_given(
                 loc=("params", name),
             )
     return values
-
-
-def _required(decl: ParamDecl | None) -> bool:
-    """Already told as a required param without a value."""
-    return decl is not None and decl.required and decl.default is None
