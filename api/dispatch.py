@@ -35,10 +35,12 @@ class Dispatcher(Protocol):
         the saved playbook's name and version the record names (CONTRACT §10)."""
         ...
 
-    def rerun(self, source: RerunSource, hosts: RerunHosts) -> str:
+    def rerun(self, source: RerunSource, hosts: RerunHosts, params: Params = None) -> str:
         """Queue a new execution rerunning what of ended execution `source` did not succeed
         (events.rerun.plan_rerun decides what); its id, its record naming `rerunOf`.
-        CannotRerunError (a 409) when it has not ended or nothing is left to rerun."""
+        CannotRerunError (a 409) when it has not ended or nothing is left to rerun. `params`:
+        the old run's secret params, given again (never stored: a ProblemsError names each
+        one missing)."""
         ...
 
     def check_playbook(self, playbook: str, source: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import orjson
+import yaml
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -20,6 +21,7 @@ from api.routes import ERRORS, RelayDep, error_doc, require_role, require_token,
 from api.schemas import PlaybookSummary, SavedPlaybookBody
 from events.db.playbooks import MAX_VERSION, check_name
 from events.errors import InvalidRequestError
+from events.params import wire_params
 
 _YAML_TYPES = ("text/yaml", "application/x-yaml", "application/yaml", "text/plain")
 _PUT_BODY: dict[str, Any] = {
@@ -122,9 +124,20 @@ async def get_playbook(
         int | None, Query(ge=1, le=MAX_VERSION, description="default: the latest")
     ] = None,
 ) -> Response:
-    """One version (the latest by default) with its YAML, and every version of the name."""
+    """One version (the latest by default) with its YAML, every version of the name, and its
+    declared `params` (what the console's form asks)."""
     saved = await run_in_threadpool(store_of(relay).get, name, version)
-    return Response(orjson.dumps(saved.wire()), media_type="application/json")
+    body = saved.wire() | {"params": await run_in_threadpool(declared_params, saved.yaml)}
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+def declared_params(text: str) -> list[dict[str, Any]]:
+    """The params a saved playbook's YAML declares (it was checked when saved)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return []
+    return wire_params(data.get("params") if isinstance(data, dict) else None)
 
 
 @playbooks_router.delete(

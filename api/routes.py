@@ -234,8 +234,8 @@ async def rerun_execution(
     source = await relay.store.rerun_source(execution_id)
     if source is None:
         raise UnknownExecutionError(execution_id)
-    hosts = (body or RerunRequest()).hosts
-    new_id = await run_in_threadpool(relay.dispatcher.rerun, source, hosts)
+    asked = body or RerunRequest()
+    new_id = await run_in_threadpool(relay.dispatcher.rerun, source, asked.hosts, asked.params)
     response.headers["Location"] = f"/api/executions/{new_id}"
     return SubmitResponse(execution_id=new_id)
 

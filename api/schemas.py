@@ -10,6 +10,7 @@ from pydantic.alias_generators import to_camel
 from events.db.playbooks import MAX_VERSION
 from events.errors import InvalidRequestError
 from events.models import MAX_TIMEOUT_S, ExecutionOptions
+from events.params import ParamType
 from events.requests import command_playbook
 from events.rerun import RerunHosts
 
@@ -186,6 +187,8 @@ class RerunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     hosts: RerunHosts = RerunHosts.FAILED
+    # The old run's secret params, again: their values were never stored (CONTRACT §10).
+    params: dict[str, str] | None = None
 
 
 class CancelResponse(BaseModel):
@@ -275,9 +278,25 @@ class PlaybookVersion(BaseModel):
     created_by: str | None = Field(None, description="the saving token's name")
 
 
+class ParamField(BaseModel):
+    """A declared param of a saved playbook (CONTRACT §10), for a form to ask it."""
+
+    name: str
+    type: ParamType
+    required: bool
+    default: str | int | bool | None = None
+    pattern: str | None = None
+    min: int | None = None
+    max: int | None = None
+    choices: list[str] | None = None
+    description: str | None = None
+
+
 class SavedPlaybookBody(PlaybookVersion):
-    """One version of a saved playbook (the latest, or `?version=`), and every version."""
+    """One version of a saved playbook (the latest, or `?version=`), and every version; with
+    `params`, its declared params."""
 
     name: str
     yaml: str
     versions: list[PlaybookVersion]
+    params: list[ParamField] | None = None

@@ -74,8 +74,9 @@ class RelayClient:
     def cancel(self, execution_id: str) -> None:
         self._check(self._request("POST", f"/api/executions/{execution_id}/cancel"), execution_id)
 
-    def rerun(self, execution_id: str, hosts: str) -> str:
-        resp = self._request("POST", f"/api/executions/{execution_id}/rerun", json={"hosts": hosts})
+    def rerun(self, execution_id: str, hosts: str, params: Mapping[str, str] | None = None) -> str:
+        body: dict[str, Any] = {"hosts": hosts} | ({"params": dict(params)} if params else {})
+        resp = self._request("POST", f"/api/executions/{execution_id}/rerun", json=body)
         if resp.status_code == 409:  # not ended yet, or nothing to rerun: the relay says which
             raise CannotRerunError(execution_id, _detail(resp))
         return str(self._check(resp, execution_id)["executionId"])

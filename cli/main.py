@@ -188,13 +188,19 @@ def rerun(
     failed: Annotated[
         bool, typer.Option("--failed", help="only the failed hosts (default: every host)")
     ] = False,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", help="K=V of a secret param, given again; repeatable"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one envelope per line")] = False,
     remote: Annotated[str | None, typer.Option("--remote", help="relay URL")] = None,
 ) -> None:
     """Rerun an ended execution from its first step that did not succeed, and follow it."""
     try:
         session = open_session(_settings(), remote)
-        new_id = session.rerun(execution_id, RerunHosts.FAILED if failed else RerunHosts.ALL)
+        hosts = RerunHosts.FAILED if failed else RerunHosts.ALL
+        params = parse_param_args(param) if param else None
+        new_id = session.rerun(execution_id, hosts, params)
         if not as_json:
             sys.stderr.write(f"[cloudops] execution {new_id} (rerun of {execution_id})\n")
         outcome = follow_with_cancel(session, new_id, as_json=as_json)

@@ -15,7 +15,7 @@ from events.db.search import SearchFilter
 from events.errors import InvalidRequestError, Problem, ProblemsError, UnknownExecutionError
 from events.hosts import HostRegistry
 from events.models import ExecutionOptions
-from events.requests import REQUEST_SOURCE
+from events.requests import REQUEST_SOURCE, Params
 from events.rerun import RerunHosts, RerunSource
 from events.settings import Settings
 from events.subscriber import Follower
@@ -32,7 +32,7 @@ class Session(Protocol):
     def submit(self, body: dict[str, Any]) -> str: ...
     def follow(self, execution_id: str, after: int = 0) -> Iterator[RawEvent]: ...
     def cancel(self, execution_id: str) -> None: ...
-    def rerun(self, execution_id: str, hosts: RerunHosts) -> str: ...
+    def rerun(self, execution_id: str, hosts: RerunHosts, params: Params = None) -> str: ...
     def records(
         self, filt: SearchFilter, limit: int, cursor: str | None
     ) -> tuple[list[dict[str, Any]], str | None]: ...
@@ -95,8 +95,9 @@ class LocalSession:
     def cancel(self, execution_id: str) -> None:
         self.local.dispatcher.cancel(execution_id)
 
-    def rerun(self, execution_id: str, hosts: RerunHosts) -> str:
-        """From this Redis's record, else the database's (embedded: an earlier process's)."""
+    def rerun(self, execution_id: str, hosts: RerunHosts, params: Params = None) -> str:
+        """From this Redis's record, else the database's (embedded: an earlier process's);
+        `params`: its secret params, given again."""
         records, history = self.local.runtime.records, self.local.history
         record = records.get(execution_id)
         if record is not None:
@@ -105,7 +106,7 @@ class LocalSession:
             source = RerunSource(execution_id, wire, history.get_spec(execution_id))
         else:
             raise UnknownExecutionError(execution_id)
-        return self.local.dispatcher.rerun(source, hosts)
+        return self.local.dispatcher.rerun(source, hosts, params)
 
     def records(
         self, filt: SearchFilter, limit: int, cursor: str | None
@@ -160,8 +161,8 @@ class RemoteSession:
     def cancel(self, execution_id: str) -> None:
         self._client.cancel(execution_id)
 
-    def rerun(self, execution_id: str, hosts: RerunHosts) -> str:
-        return self._client.rerun(execution_id, hosts)
+    def rerun(self, execution_id: str, hosts: RerunHosts, params: Params = None) -> str:
+        return self._client.rerun(execution_id, hosts, params)
 
     def records(
         self, filt: SearchFilter, limit: int, cursor: str | None

@@ -298,12 +298,13 @@ def test_contract_example_loads_with_defaults_applied() -> None:
     pb = load_playbook(FULL, source_name="inventory.yml")
     assert pb.name == "Inventory check"
     assert pb.max_concurrent == 1
-    assert pb.params == {
+    assert {k: p.default for k, p in pb.params.items()} == {
         "bucket": "logs-archive",
         "region": "eu-west-1",
         "count": "3",
         "dry": "true",
     }
+    assert {p.type for p in pb.params.values()} == {"string"}
     assert [s.id for s in pb.steps] == ["list", "step_2", "step_3"]
     assert [s.name for s in pb.steps] == ["List EC2 Instances", "step_2", "step_3"]
     assert load_playbook("name: x\nsteps:\n  - {id: 1, command: 'true'}\n").steps[0].id == "1"

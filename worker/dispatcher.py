@@ -11,7 +11,12 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from events.errors import BrokerUnavailableError, ExecutionEndedError, UnknownExecutionError
+from events.errors import (
+    BrokerUnavailableError,
+    ExecutionEndedError,
+    InvalidRequestError,
+    UnknownExecutionError,
+)
 from events.lifecycle import Reporter
 from events.models import ExecutionOptions, utc_now
 from events.requests import REQUEST_SOURCE, Params, PlaybookSource, SavedRef
@@ -24,6 +29,7 @@ from worker.playbook.ending import playbook_output_tail
 from worker.playbook.loading import check_for_saving
 from worker.playbook.rerun import rerun_spec
 from worker.playbook.run import queue_run, submit_playbook
+from worker.playbook.secrets import rerun_secrets
 from worker.runner import cancel_unstarted
 from worker.runtime import Runtime
 from worker.taskqueue import TaskQueue
@@ -88,8 +94,9 @@ class Dispatcher:
             self._not_queued(execution_id, e)
             raise
 
-    def rerun(self, source: RerunSource, hosts: RerunHosts) -> str:
-        """Queue the rerun of an ended execution (events.rerun says what it runs)."""
+    def rerun(self, source: RerunSource, hosts: RerunHosts, params: Params = None) -> str:
+        """Queue the rerun of an ended execution (events.rerun says what it runs); `params`:
+        its secret params again (worker.playbook.secrets.rerun_secrets)."""
         plan = plan_rerun(source, hosts)
         assert source.spec is not None  # plan_rerun refuses a source without one
         spec = source.spec
@@ -97,8 +104,11 @@ class Dispatcher:
         if source.saved is not None:
             extra |= SavedRef(*source.saved).record_fields()
         if source.record.get("commandType") != CommandType.PLAYBOOK:
+            if params:
+                raise InvalidRequestError("params", "a command's rerun takes no params")
             kind = CommandType(spec["commandType"])
             return self._queue_command(spec["command"], kind, spec.get("options") or {}, extra)
+        secrets = rerun_secrets(spec, params)
         new_spec = rerun_spec(spec, plan)
         execution_id = new_execution_id()
         try:
@@ -108,6 +118,7 @@ class Dispatcher:
                 execution_id,
                 new_spec,
                 extra=extra,
+                secrets=secrets,
             )
         except BrokerUnavailableError as e:
             self._not_queued(execution_id, e)

@@ -21,7 +21,7 @@ from worker.playbook.fanout import run_host_step
 from worker.playbook.run import run_playbook_step
 from worker.runner import TaskStop, run_queued_command
 from worker.runtime import Runtime
-from worker.taskqueue import host_task_id, step_task_id
+from worker.taskqueue import Secrets, host_task_id, step_task_id
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,17 @@ class ThreadQueue:
         self._start(execution_id, functools.partial(run_queued_command, self.rt, execution_id))
 
     def send_step(
-        self, execution_id: str, index: int, queue: str | None, *, host: str | None = None
+        self,
+        execution_id: str,
+        index: int,
+        queue: str | None,
+        *,
+        host: str | None = None,
+        secrets: Secrets = None,
     ) -> None:
         task_id = step_task_id(execution_id, index)
-        self._start(task_id, functools.partial(run_playbook_step, self.rt, execution_id, index))
+        run = functools.partial(run_playbook_step, self.rt, execution_id, index, secrets=secrets)
+        self._start(task_id, run)
 
     def send_notify(self, execution_id: str) -> None:
         # Not one of the tasks `join` waits for: a webhook that is down must not hold up the
@@ -76,11 +83,15 @@ class ThreadQueue:
             done = self._first_rounds.get(execution_id)
         return done is None or done.wait(max(0.0, deadline - time.monotonic()))
 
-    def send_hosts(self, execution_id: str, index: int, hosts: Sequence[str]) -> dict[str, str]:
+    def send_hosts(
+        self, execution_id: str, index: int, hosts: Sequence[str], *, secrets: Secrets = None
+    ) -> dict[str, str]:
         # One host here: embedded mode's own worker is the only one the registry lists.
         for host in hosts:
             task_id = host_task_id(execution_id, index, host)
-            run = functools.partial(run_host_step, self.rt, execution_id, index, host)
+            run = functools.partial(
+                run_host_step, self.rt, execution_id, index, host, secrets=secrets
+            )
             self._start(task_id, run)
         return {}
 

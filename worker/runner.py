@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol
 
 from events.lifecycle import Reporter
@@ -38,9 +38,13 @@ CANCEL_REASON = "User requested cancellation"
 WORKER_LOST_ERROR = "worker lost: the worker process running this execution died"
 
 
-def masker_for(settings: Settings, env: Mapping[str, str]) -> Masker:
+def masker_for(settings: Settings, env: Mapping[str, str], secrets: Iterable[str] = ()) -> Masker:
+    """What an execution's events mask: the secret variables of its environment and of the
+    worker's, and `secrets` (a playbook's secret params' values)."""
     names = settings.secret_names
-    return Masker([*(env.get(n, "") for n in names), *(os.environ.get(n, "") for n in names)])
+    return Masker(
+        [*(env.get(n, "") for n in names), *(os.environ.get(n, "") for n in names), *secrets]
+    )
 
 
 def executor_for(

@@ -10,7 +10,7 @@ bodies in threads.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from celery.utils.nodenames import worker_direct
@@ -42,15 +42,23 @@ class TaskQueue(Protocol):
         ...
 
     def send_step(
-        self, execution_id: str, index: int, queue: str | None, *, host: str | None = None
+        self,
+        execution_id: str,
+        index: int,
+        queue: str | None,
+        *,
+        host: str | None = None,
+        secrets: Secrets = None,
     ) -> None:
         """Queue the task of step `index` (0-based) of a playbook run (see step_task_id), on
-        `queue`, or on worker `host`'s own queue."""
+        `queue`, or on worker `host`'s own queue; `secrets` go in its arguments only."""
         ...
 
-    def send_hosts(self, execution_id: str, index: int, hosts: Sequence[str]) -> dict[str, str]:
-        """Queue each host's run of fan-out step `index` on that very worker; the hosts whose
-        run could not be queued, with why."""
+    def send_hosts(
+        self, execution_id: str, index: int, hosts: Sequence[str], *, secrets: Secrets = None
+    ) -> dict[str, str]:
+        """Queue each host's run of fan-out step `index` on that very worker (`secrets` in its
+        arguments only); the hosts whose run could not be queued, with why."""
         ...
 
     def send_notify(self, execution_id: str) -> None:
@@ -61,6 +69,22 @@ class TaskQueue(Protocol):
         """Discard a queued task; with `terminate`, also stop it where it runs (the task then
         kills its command's tree and reports)."""
         ...
+
+
+# A playbook run's secret params' values (worker.playbook.secrets), or None.
+Secrets = Mapping[str, str] | None
+
+
+def secret_kwargs(secrets: Secrets) -> dict[str, Any]:
+    """A task's `secrets` argument, and how Celery shows it: its logs and monitoring events
+    (Flower) print `kwargsrepr` instead of the arguments (Celery's documented way to keep
+    sensitive arguments out of them)."""
+    if not secrets:
+        return {}
+    return {
+        "kwargs": {"secrets": dict(secrets)},
+        "kwargsrepr": repr({"secrets": {name: "***" for name in secrets}}),
+    }
 
 
 def step_task_id(execution_id: str, index: int) -> str:
@@ -99,7 +123,13 @@ class CeleryQueue:
         )
 
     def send_step(
-        self, execution_id: str, index: int, queue: str | None, *, host: str | None = None
+        self,
+        execution_id: str,
+        index: int,
+        queue: str | None,
+        *,
+        host: str | None = None,
+        secrets: Secrets = None,
     ) -> None:
         where = direct(host) if host else {"queue": queue or self.default_queue}
         self._send(
@@ -108,9 +138,12 @@ class CeleryQueue:
             task_id=step_task_id(execution_id, index),
             priority=self.first_step_priority if index == 0 else self.go_on_priority,
             **where,
+            **secret_kwargs(secrets),
         )
 
-    def send_hosts(self, execution_id: str, index: int, hosts: Sequence[str]) -> dict[str, str]:
+    def send_hosts(
+        self, execution_id: str, index: int, hosts: Sequence[str], *, secrets: Secrets = None
+    ) -> dict[str, str]:
         # One producer, and so one broker connection and channel, for all of them: twenty
         # sends each acquiring its own doubled the time to start a step's last host.
         failed: dict[str, str] = {}
@@ -125,6 +158,7 @@ class CeleryQueue:
                             priority=self.go_on_priority,
                             producer=producer,
                             **direct(host),
+                            **secret_kwargs(secrets),
                         )
                     except BrokerUnavailableError as e:
                         failed[host] = str(e)

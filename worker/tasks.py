@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 from billiard.util import set_pdeathsig
@@ -75,9 +76,12 @@ def run_command_task(self: Any, execution_id: str) -> str:
 
 
 @app.task(name=TASK_RUN_STEP, bind=True)  # type: ignore[untyped-decorator]
-def run_playbook_step_task(self: Any, execution_id: str, index: int) -> str:
-    """Step `index` (0-based) of a playbook run; queues the next step when it ends."""
-    return run_as_task(self, run_playbook_step, execution_id, index)
+def run_playbook_step_task(
+    self: Any, execution_id: str, index: int, secrets: dict[str, str] | None = None
+) -> str:
+    """Step `index` (0-based) of a playbook run; queues the next step when it ends.
+    `secrets`: the run's secret params' values (worker.playbook.secrets)."""
+    return run_as_task(self, partial(run_playbook_step, secrets=secrets), execution_id, index)
 
 
 @app.task(name=TASK_NOTIFY, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
@@ -98,9 +102,11 @@ def notify_task(self: Any, execution_id: str, pending: list[int] | None = None) 
 
 
 @app.task(name=TASK_RUN_HOST, bind=True)  # type: ignore[untyped-decorator]
-def run_host_step_task(self: Any, execution_id: str, index: int, host: str) -> str:
+def run_host_step_task(
+    self: Any, execution_id: str, index: int, host: str, secrets: dict[str, str] | None = None
+) -> str:
     """Host `host`'s run of fan-out step `index`, sent to this worker's own queue."""
-    return run_as_task(self, run_host_step, execution_id, index, host)
+    return run_as_task(self, partial(run_host_step, secrets=secrets), execution_id, index, host)
 
 
 @worker_process_init.connect(weak=False)  # type: ignore[untyped-decorator]

@@ -16,6 +16,7 @@ import {
 } from "/static/executions.js";
 import { fmtDuration, fmtTime } from "/static/format.js";
 import { HostsPanel } from "/static/hosts.js";
+import { SavedPlaybooks } from "/static/saved.js";
 import { Term, TerminalView } from "/static/terminal.js";
 
 const TOKEN_KEY = "cloudops.token";
@@ -666,8 +667,8 @@ async function submit(body, form) {
     const x = app.store.get(executionId);
     // Subscribed before it started: every event of it comes live, nothing to replay.
     x.fresh = !x.live && x.lastId === 0 && document.body.dataset.ready === "true";
-    x.command ||= body.command || "";
-    x.commandType ||= body.commandType;
+    x.command ||= body.command || body.playbookName || "";
+    x.commandType ||= body.commandType || (body.playbookName ? "playbook" : undefined);
     x.queuedAt ||= new Date().toISOString();
     app.listOrderDirty = true;
     openExecution(executionId);
@@ -732,6 +733,14 @@ function setupForms() {
     if (Object.keys(params).length) body.params = params;
     submit(body, e.currentTarget);
   });
+  const saved = new SavedPlaybooks({
+    api: (path) => api(path),
+    submit,
+    showError: (text) => {
+      $("form-error").textContent = text;
+      $("form-error").hidden = false;
+    },
+  });
   for (const tab of document.querySelectorAll("[data-tab]")) {
     tab.addEventListener("click", () => {
       for (const t of document.querySelectorAll("[data-tab]")) {
@@ -740,6 +749,7 @@ function setupForms() {
         document.getElementById(t.dataset.tab).hidden = !on;
       }
       $("form-error").hidden = true;
+      if (tab.dataset.tab === "saved-form") saved.refresh();
     });
   }
   $("cancel-execution").addEventListener("click", async () => {

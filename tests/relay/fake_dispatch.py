@@ -117,7 +117,7 @@ class FakeDispatcher:
         self._start(self._run_playbook, execution_id, name, parsed)
         return execution_id
 
-    def rerun(self, source: RerunSource, hosts: RerunHosts) -> str:
+    def rerun(self, source: RerunSource, hosts: RerunHosts, params: Params = None) -> str:
         """The real rule (events.rerun) over the scripted runs: a command again, or the steps
         of a playbook from the first that did not succeed (these never fan out)."""
         plan = plan_rerun(source, hosts)

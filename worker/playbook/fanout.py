@@ -31,6 +31,7 @@ from events.vocabulary import HostStatus, Outcome, RecordField, Status, step_fie
 from worker.executor import StopReason
 from worker.playbook.ending import go_on
 from worker.playbook.render import RenderedStep
+from worker.playbook.secrets import MissingSecretError, secrets_of, step_of, with_secrets
 from worker.playbook.steps import (
     StepOutcome,
     Supervision,
@@ -135,15 +136,22 @@ def run_host_step(
     task_id: str,
     tasks: TaskQueue,
     stop: TaskStop | None = None,
+    secrets: Mapping[str, str] | None = None,
 ) -> str:
-    """One host's run of step `index`: the body of its task, on that host."""
+    """One host's run of step `index`: the body of its task, on that host (`secrets`: the
+    run's secret params' values, from the task's arguments)."""
     number = index + 1
     claim = rt.fan_out.claim(execution_id, number, host, task_id)
     if claim == Outcome.ENDED:
         log.info("host %s of step %d of %s not run: %s", host, number, execution_id, claim)
         return claim
-    spec: dict[str, Any] = json.loads(rt.records.field(execution_id, F.SPEC) or "{}")
-    ctx = _Step(rt, execution_id, RenderedStep.from_dict(spec["steps"][index]), spec, tasks)
+    spec = with_secrets(json.loads(rt.records.field(execution_id, F.SPEC) or "{}"), secrets)
+    missing: str | None = None
+    try:
+        step = step_of(spec, index)
+    except MissingSecretError as e:  # sent by a reaper, which holds no secrets
+        step, missing = RenderedStep.from_dict(spec["steps"][index]), str(e)
+    ctx = _Step(rt, execution_id, step, spec, tasks)
     reporter = Reporter(rt.publisher, execution_id, worker=worker)
     reporter.host = host
     stop = stop or TaskStop()
@@ -151,6 +159,9 @@ def run_host_step(
         if claim == Outcome.CANCEL:
             run = HostRun(host=host, status=HostStatus.CANCELLED, duration_ms=0)
             nxt = ctx.end_host(reporter, run, "cancelled", started=True)
+        elif missing is not None:
+            run = HostRun(host=host, status=HostStatus.FAILED, duration_ms=0)
+            nxt = ctx.end_host(reporter, run, missing, started=True)
         else:
             with sigterm_stops(stop):
                 nxt = _run_host(ctx, reporter, host, worker, stop)
@@ -215,7 +226,9 @@ def _send(ctx: _Step, hosts: list[str]) -> None:
     with contextlib.suppress(Exception):
         rt.fan_out.renew_host_leases(ctx.execution_id, ctx.number, hosts)
     try:
-        failed = ctx.tasks.send_hosts(ctx.execution_id, ctx.number - 1, hosts)
+        failed = ctx.tasks.send_hosts(
+            ctx.execution_id, ctx.number - 1, hosts, secrets=secrets_of(ctx.spec)
+        )
     except Exception as e:
         log.exception("could not send the hosts of %s", ctx.execution_id)
         failed = dict.fromkeys(hosts, str(e))

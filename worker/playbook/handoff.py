@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from events.vocabulary import Outcome, Status
+from worker.playbook.secrets import secrets_of
 from worker.playbook.steps import Ending
 from worker.playbook.targets import step_route
 from worker.runtime import Runtime
@@ -37,7 +38,7 @@ def hand_off(
         return None
     try:
         route = step_route(rt, spec["steps"][index])
-        tasks.send_step(execution_id, index, route.queue, host=route.host)
+        tasks.send_step(execution_id, index, route.queue, host=route.host, secrets=secrets_of(spec))
     except Exception as e:
         log.exception("could not queue step %d of %s", index + 1, execution_id)
         return Ending(Status.FAILED, error=f"could not queue step {index + 1}: {e}")

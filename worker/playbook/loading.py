@@ -12,10 +12,11 @@ import yaml
 from pydantic import ValidationError
 
 from events.requests import REQUEST_SOURCE
+from events.wording import describe
 from worker.playbook.locate import Locator, Problems
 from worker.playbook.params import check_params
 from worker.playbook.spec import DEFAULT_NAME, Path, Playbook, duplicate_step_ids
-from worker.playbook.validators import MAX_PLAYBOOK_CHARS, describe
+from worker.playbook.validators import MAX_PLAYBOOK_CHARS
 
 
 def _parse_yaml(text: str, locator: Locator) -> tuple[yaml.Node | None, object]:
@@ -147,8 +148,7 @@ def _load(
         problems.add_pydantic(e.errors())
     for index, problem in duplicate_step_ids(data.get("steps")):
         problems.add(("steps", index, "id"), problem)
-    if not for_saving:
-        check_params(problems, data, params)
+    check_params(problems, data, params, values=not for_saving)
     problems.raise_if_any()
     assert playbook is not None  # the model refused nothing, or a problem was raised
     playbook._source = source_name

@@ -10,9 +10,9 @@ from typing import Any, TypedDict, Unpack
 import yaml
 from pydantic import BaseModel
 
+from events.wording import describe, shortened, shown
 from worker.playbook.errors import PlaybookError, PlaybookProblem
 from worker.playbook.spec import Path, Playbook, PlaybookOptions, Step
-from worker.playbook.validators import describe, shortened, shown
 
 
 def _short(loc: Path) -> Path:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, model_validator
 
 from events.notifications import NotifyTarget, is_http_url, mask_url
 from events.vocabulary import TERMINAL_STATUSES, Status
+from events.wording import describe
 from worker.playbook import validators as v
 
 _ENDS = ", ".join(sorted(TERMINAL_STATUSES))
@@ -23,10 +24,10 @@ _ENDS = ", ".join(sorted(TERMINAL_STATUSES))
 def statuses(value: object) -> frozenset[Status]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not items:
-        v.fail(f"must be a list of statuses ({_ENDS}), got {v.describe(value)}")
+        v.fail(f"must be a list of statuses ({_ENDS}), got {describe(value)}")
     bad = [item for item in items if not isinstance(item, str) or item not in TERMINAL_STATUSES]
     if bad:
-        v.fail(f"must list statuses an execution ends with ({_ENDS}), not {v.describe(bad[0])}")
+        v.fail(f"must list statuses an execution ends with ({_ENDS}), not {describe(bad[0])}")
     return frozenset(Status(item) for item in items)
 
 

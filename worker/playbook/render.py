@@ -9,11 +9,12 @@ from typing import Any
 
 from events.models import ExecutionOptions
 from events.vocabulary import CommandType
+from events.wording import shown
 from worker.playbook.locate import Problems
 from worker.playbook.params import render_locator, resolve_params
 from worker.playbook.spec import Path, Playbook
 from worker.playbook.templates import Template, parse_template, render_plain
-from worker.playbook.validators import NO_BLANKS_RE, QUEUE_RE, shown
+from worker.playbook.validators import NO_BLANKS_RE, QUEUE_RE
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +39,13 @@ class RenderedStep:
     targets: Mapping[str, Any] | None = None
     parallel: int | None = None
     max_failures: int | None = None
+    # The values of the secret params this step uses, to mask in what it publishes: held by
+    # the task that runs it only, never in its dict (the record's spec).
+    secrets: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe form (for a Celery task's arguments)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)} | {
+        """A JSON-safe form (the record's spec), without its secrets."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "secrets"} | {
             "argv": list(self.argv) if self.argv is not None else None,
             "options": self.options.model_dump(exclude_none=True),
             "env": dict(self.env),
@@ -162,7 +166,13 @@ def render_all(
 ) -> tuple[ExecutionOptions, list[RenderedStep]]:
     """The options and every step rendered (see render_step); PlaybookError lists every field
     that the values make unusable, in every step."""
-    values = resolve_params(playbook, params)
+    return render_values(playbook, resolve_params(playbook, params))
+
+
+def render_values(
+    playbook: Playbook, values: Mapping[str, str]
+) -> tuple[ExecutionOptions, list[RenderedStep]]:
+    """render_all with the params' values resolved already."""
     problems = Problems(render_locator(playbook))
     options = _options(playbook, None, values, problems)
     steps = [_render(playbook, i, values, problems) for i in range(len(playbook.steps))]

@@ -33,7 +33,15 @@ from events.vocabulary import CommandType, Outcome, RecordField, Status
 from worker.playbook.ending import end_run, go_on
 from worker.playbook.fanout import start_fan_out
 from worker.playbook.loading import load_playbook
-from worker.playbook.render import RenderedStep, render_all
+from worker.playbook.params import resolve_params, secret_names
+from worker.playbook.render import RenderedStep, render_values
+from worker.playbook.secrets import (
+    MissingSecretError,
+    record_spec,
+    shown_values,
+    step_of,
+    with_secrets,
+)
 from worker.playbook.slots import admit
 from worker.playbook.spec import Playbook
 from worker.playbook.steps import Supervision, run_step
@@ -60,7 +68,9 @@ class PreparedPlaybook:
 
     playbook: Playbook
     options: ExecutionOptions
-    steps: list[RenderedStep]
+    steps: list[RenderedStep]  # each secret as `***` (worker.playbook.secrets)
+    values: Mapping[str, str]  # the params' values, secrets as `***`
+    secrets: Mapping[str, str]  # the secret params' values: for the tasks' arguments only
 
     @property
     def name(self) -> str:
@@ -77,9 +87,10 @@ class PreparedPlaybook:
             "source": self.playbook.source,
             "maxConcurrent": self.max_concurrent,
             "options": self.options.wire(),
-            "steps": [s.to_dict() for s in self.steps],
             SPEC_NOTIFY: [n.target().spec() for n in self.playbook.notify],
-        }
+        } | record_spec(
+            self.playbook, [s.to_dict() for s in self.steps], self.values, list(self.secrets)
+        )
 
 
 def prepare_playbook(
@@ -93,7 +104,11 @@ def prepare_playbook(
     Raises PlaybookError listing every problem, each naming the source, the step and the field.
     """
     pb = load_playbook(playbook, source_name=source, params=params)
-    return PreparedPlaybook(pb, *render_all(pb, params))
+    values = resolve_params(pb, params)
+    names = [n for n in secret_names(pb) if n in values]
+    shown = shown_values(values, names)
+    options, steps = render_values(pb, shown)
+    return PreparedPlaybook(pb, options, steps, shown, {n: values[n] for n in names})
 
 
 def submit_playbook(
@@ -115,6 +130,7 @@ def submit_playbook(
         execution_id,
         prepared.spec(),
         extra=saved.record_fields() if saved is not None else {},
+        secrets=prepared.secrets,
     )
 
 
@@ -130,10 +146,12 @@ def queue_run(
     spec: Mapping[str, Any],
     *,
     extra: Mapping[str, str],
+    secrets: Mapping[str, str] | None = None,
 ) -> str:
     """Create the record of a run of `spec` (PreparedPlaybook.spec's form; queued) and queue
     its first step, or leave it waiting for a `max_concurrent` slot. `extra`: record fields
-    (the saved playbook's name and version, `rerunOf`)."""
+    (the saved playbook's name and version, `rerunOf`); `secrets`: the secret params' values,
+    for the first step's task only (worker.playbook.secrets)."""
     name = str(spec["playbook"])
     limit = spec.get("maxConcurrent")
     fields: dict[str, str] = {F.SLOT_NAME: name, F.MAX_CONCURRENT: str(limit)}
@@ -151,10 +169,10 @@ def queue_run(
         extra=fields | dict(extra),
     )
     if limit:
-        admit(rt, execution_id, name, int(limit), tasks)
+        admit(rt, execution_id, name, int(limit), tasks, secrets)
     else:
         route = step_route(rt, spec["steps"][0])
-        tasks.send_step(execution_id, 0, route.queue, host=route.host)
+        tasks.send_step(execution_id, 0, route.queue, host=route.host, secrets=secrets)
     return execution_id
 
 
@@ -167,8 +185,10 @@ def run_playbook_step(
     task_id: str,
     tasks: TaskQueue,
     stop: TaskStop | None = None,
+    secrets: Mapping[str, str] | None = None,
 ) -> str:
-    """The step task's body: claim step `index`, run it, then hand off or end the run."""
+    """The step task's body: claim step `index`, run it, then hand off or end the run.
+    `secrets`: the run's secret params' values, from the task's arguments."""
     expect = Status.QUEUED if index == 0 else Status.RUNNING
     claim = rt.records.claim(execution_id, worker, task_id, expect=expect, step=index)
     reporter = Reporter(rt.publisher, execution_id, worker=worker)
@@ -183,7 +203,7 @@ def run_playbook_step(
     stop = stop or TaskStop()
     try:
         with sigterm_stops(stop):
-            return _run_claimed(rt, reporter, execution_id, index, worker, tasks, stop)
+            return _run_claimed(rt, reporter, execution_id, index, worker, tasks, stop, secrets)
     finally:
         with contextlib.suppress(Exception):
             rt.publisher.flush(60)
@@ -198,16 +218,22 @@ def _run_claimed(
     worker: str,
     tasks: TaskQueue,
     stop: TaskStop,
+    secrets: Mapping[str, str] | None,
 ) -> str:
-    reporter.masker = masker = masker_for(rt.settings, {})
+    reporter.masker = masker = masker_for(rt.settings, {}, (secrets or {}).values())
     spec_text, started_at = rt.records.fields(execution_id, F.SPEC, F.STARTED_AT)
-    spec: dict[str, Any] = json.loads(spec_text or "{}")
-    step = RenderedStep.from_dict(spec["steps"][index])
+    spec = with_secrets(json.loads(spec_text or "{}"), secrets)
     if index == 0:
         options = ExecutionOptions.model_validate(spec.get("options") or {})
         name = masker.mask(str(spec.get("playbook", "")))
         started_at = reporter.started(name, CommandType.PLAYBOOK, options)
     started_at = started_at or utc_now()
+    try:
+        step = step_of(spec, index)
+    except MissingSecretError as e:
+        reporter.complete(Status.FAILED, started_at, error=str(e))
+        end_run(rt, execution_id, worker, tasks)
+        return Status.FAILED
 
     watch = watched(rt, execution_id, worker, stop)
     if step.targets is not None:

@@ -9,6 +9,7 @@ hands it on at once, so a cancel never strands a slot.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from events.vocabulary import Outcome, RecordField
 from worker.playbook.targets import step_route
@@ -18,24 +19,34 @@ from worker.taskqueue import TaskQueue, step_task_id
 log = logging.getLogger(__name__)
 
 
-def admit(rt: Runtime, execution_id: str, name: str, limit: int, tasks: TaskQueue) -> bool:
+def admit(
+    rt: Runtime,
+    execution_id: str,
+    name: str,
+    limit: int,
+    tasks: TaskQueue,
+    secrets: Mapping[str, str] | None = None,
+) -> bool:
     """A new queued run of playbook `name` with `max_concurrent: limit`: take a slot and queue
-    its first step (True), or leave it queued on the waiting list (False)."""
+    its first step (True), or leave it queued on the waiting list (False; its `secrets` are
+    then dropped: worker.playbook.secrets)."""
     if rt.records.take_slot(execution_id, name, limit):
-        start_first_step(rt, execution_id, tasks)
+        start_first_step(rt, execution_id, tasks, secrets)
         return True
     _drop_ended_holders(rt, name, limit, tasks)
     return False
 
 
-def start_first_step(rt: Runtime, execution_id: str, tasks: TaskQueue) -> bool:
+def start_first_step(
+    rt: Runtime, execution_id: str, tasks: TaskQueue, secrets: Mapping[str, str] | None = None
+) -> bool:
     """Queue the first step of a queued playbook run; False if it was cancelled meanwhile."""
     if rt.records.queue_first_step(execution_id, step_task_id(execution_id, 0)) != Outcome.OK:
         return False
     spec = rt.records.spec(execution_id) or {}
     steps = spec.get("steps") or [{}]
     route = step_route(rt, steps[0])
-    tasks.send_step(execution_id, 0, route.queue, host=route.host)
+    tasks.send_step(execution_id, 0, route.queue, host=route.host, secrets=secrets)
     return True
 
 

@@ -20,6 +20,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from events.params import ParamDecl
+from events.wording import shown
 from worker.playbook import validators as v
 from worker.playbook.command import CommandPlan, plan_command
 from worker.playbook.notify import Notify
@@ -62,7 +64,7 @@ def duplicate_step_ids(steps: object) -> list[tuple[int, str]]:
             out.append(
                 (
                     index,
-                    f"duplicate step id {v.shown(step_id)}, also step {first_index[step_id] + 1}",
+                    f"duplicate step id {shown(step_id)}, also step {first_index[step_id] + 1}",
                 )
             )
         else:
@@ -126,7 +128,7 @@ QueueName = Annotated[str, BeforeValidator(v.templated(v.check_queue))]
 EnvName = Annotated[str, BeforeValidator(v.env_name)]
 EnvValue = Annotated[str, BeforeValidator(v.env_value)]
 ParamName = Annotated[str, BeforeValidator(v.param_name)]
-ParamValue = Annotated[str, BeforeValidator(v.param_value)]
+ParamSpec = Annotated[ParamDecl, BeforeValidator(v.param_declaration)]
 HostName = Annotated[str, BeforeValidator(v.templated(v.check_host))]
 LabelKey = Annotated[str, BeforeValidator(v.label_key)]
 
@@ -204,7 +206,7 @@ class Playbook(_Spec):
     name: Text = DEFAULT_NAME
     description: AnyText | None = None
     options: PlaybookOptions = Field(default_factory=PlaybookOptions)
-    params: dict[ParamName, ParamValue] = Field(default_factory=dict)
+    params: dict[ParamName, ParamSpec] = Field(default_factory=dict)
     max_concurrent: Annotated[int, BeforeValidator(v.positive_count)] | None = None
     steps: Annotated[list[Step], BeforeValidator(v.default_step_ids), AfterValidator(_check_steps)]
     notify: list[Notify] = Field(default_factory=list)

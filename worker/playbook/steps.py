@@ -82,6 +82,11 @@ class Supervision:
     on_start: Callable[[CommandTree], None] | None = None
 
 
+def step_masker(settings: Settings, step: RenderedStep) -> Masker:
+    """What the step's events mask: its environment's secrets and its secret params' values."""
+    return masker_for(settings, step_spec(step).env, step.secrets)
+
+
 def run_step(
     reporter: Reporter, settings: Settings, step: RenderedStep, supervision: Supervision
 ) -> StepOutcome:
@@ -96,9 +101,9 @@ def report_step_start(
     reporter: Reporter, settings: Settings, step: RenderedStep, hosts: list[str] | None = None
 ) -> Masker:
     """The step's playbook_step_start (a fan-out step's with its frozen `hosts`); from now on
-    the reporter masks the secrets of the step's environment in everything it publishes (the
-    masker returned)."""
-    masker = masker_for(settings, step_spec(step).env)
+    the reporter masks the secrets of the step's environment and its secret params in
+    everything it publishes (the masker returned)."""
+    masker = step_masker(settings, step)
     reporter.masker = masker
     reporter.step_start(
         step_id=step.step_id,
@@ -150,7 +155,7 @@ def run_attempts(
     `masker`: the step's, when its start was reported here already."""
     spec = step_spec(step)
     if masker is None:
-        masker = masker_for(settings, spec.env)
+        masker = step_masker(settings, step)
     reporter.masker = masker
     parent_pid = os.getppid()
     t0 = time.monotonic()

@@ -9,6 +9,8 @@ from typing import NoReturn, TypeGuard
 from pydantic_core import PydanticCustomError
 
 from events.models import MAX_TIMEOUT_S
+from events.params import ParamDecl, ParamError, declaration
+from events.wording import describe, shown
 from worker.playbook.command import plan_command
 from worker.playbook.templates import PARAM_NAME_RE, TemplateError, param_names, parse_template
 
@@ -28,37 +30,6 @@ NO_BLANKS_RE = re.compile(r"^[^\s\x00-\x1f\x7f]+$")
 
 def fail(message: str) -> NoReturn:
     raise PydanticCustomError("playbook", message)
-
-
-SHOWN_CHARS = 40
-
-
-def shown(text: str) -> str:
-    """`text` quoted for a message, cut short: a problem is a line, not a dump of the input."""
-    return repr(shortened(text))
-
-
-def shortened(text: str) -> str:
-    """`text` cut short for a message, unquoted (a step id in its label, a key)."""
-    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "..."
-
-
-def describe(value: object) -> str:
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if isinstance(value, int):
-        return f"the integer {value}"
-    if isinstance(value, float):
-        return f"the number {value}"
-    if isinstance(value, str):
-        return f"the string {shown(value)}"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list | tuple):
-        return "a list"
-    return f"a {type(value).__name__}"
 
 
 def is_integer(value: object) -> TypeGuard[int]:
@@ -227,15 +198,14 @@ def param_name(value: object) -> str:
     )
 
 
-def param_value(value: object) -> str:
-    """A param value as the text it stands for: strings as is, numbers and booleans as YAML."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    if not isinstance(value, str):
-        fail(f"must be a string, number or boolean, got {describe(value)}")
-    return no_nul(value)
+def param_declaration(value: object) -> ParamDecl:
+    """A param's declaration (events.params: a bare default, or a typed mapping)."""
+    if isinstance(value, ParamDecl):
+        return value
+    try:
+        return declaration(value)
+    except ParamError as e:
+        fail(str(e))
 
 
 def default_step_ids(value: object) -> object:
