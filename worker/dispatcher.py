@@ -14,7 +14,14 @@ from typing import Any
 from events.errors import BrokerUnavailableError, ExecutionEndedError, UnknownExecutionError
 from events.lifecycle import Reporter
 from events.models import ExecutionOptions, utc_now
-from events.requests import REQUEST_SOURCE, Params, PlaybookSource, SavedRef
+from events.requests import (
+    REQUEST_SOURCE,
+    Params,
+    PlaybookSource,
+    SavedRef,
+    ScheduledTick,
+    origin_fields,
+)
 from events.rerun import RerunHosts, RerunSource, plan_rerun
 from events.settings import Settings
 from events.vocabulary import CommandType, Outcome, RecordField, Status
@@ -43,12 +50,18 @@ class Dispatcher:
         self.settings: Settings = rt.settings  # its default_queue routes commands
 
     def submit_command(
-        self, command: str, command_type: str, options: ExecutionOptions | None = None
+        self,
+        command: str,
+        command_type: str,
+        options: ExecutionOptions | None = None,
+        *,
+        submitted_by: str | None = None,
     ) -> str:
         """Queue a command (`aws_cli` or `script`); its execution id."""
         kind = command_type_named(command_type)
         validate_command(command, kind)
-        return self._queue_command(command, kind, (options or ExecutionOptions()).wire(), {})
+        wire_options = (options or ExecutionOptions()).wire()
+        return self._queue_command(command, kind, wire_options, origin_fields(submitted_by))
 
     def _queue_command(
         self, command: str, kind: CommandType, wire_options: Mapping[str, Any], extra: Extra
@@ -77,12 +90,22 @@ class Dispatcher:
         *,
         source: str = REQUEST_SOURCE,
         saved: SavedRef | None = None,
+        submitted_by: str | None = None,
+        schedule: ScheduledTick | None = None,
     ) -> str:
-        """Validate (PlaybookError before anything exists), record and queue a playbook run."""
+        """Validate (PlaybookError before anything exists), record and queue a playbook run;
+        its record names `submitted_by` and the `schedule` tick it is the run of."""
         execution_id = new_execution_id()
         try:
             return submit_playbook(
-                self.rt, self.tasks, execution_id, playbook, params, source=source, saved=saved
+                self.rt,
+                self.tasks,
+                execution_id,
+                playbook,
+                params,
+                source=source,
+                saved=saved,
+                extra=origin_fields(submitted_by, schedule),
             )
         except BrokerUnavailableError as e:
             self._not_queued(execution_id, e)

@@ -105,17 +105,14 @@ def submit_playbook(
     *,
     source: str = "<request>",
     saved: SavedRef | None = None,
+    extra: Mapping[str, str] | None = None,
 ) -> str:
     """Validate, create the record (queued) and queue the first step, or wait for a slot.
-    `saved`: the saved playbook (name, version) this run is of, named by its record."""
+    `saved`: the saved playbook (name, version) this run is of, named by its record; `extra`:
+    more record fields (who started it, events.requests.origin_fields)."""
     prepared = prepare_playbook(playbook, params, source=source)
-    return queue_run(
-        rt,
-        tasks,
-        execution_id,
-        prepared.spec(),
-        extra=saved.record_fields() if saved is not None else {},
-    )
+    fields = saved.record_fields() if saved is not None else {}
+    return queue_run(rt, tasks, execution_id, prepared.spec(), extra=fields | dict(extra or {}))
 
 
 def step_records_of(spec: Mapping[str, Any]) -> list[StepRecord]:
