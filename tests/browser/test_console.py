@@ -36,6 +36,7 @@ STATIC_PATHS = {
     "/static/executions.js",
     "/static/format.js",
     "/static/hosts.js",
+    "/static/schedules.js",
     "/static/terminal.js",
 }
 

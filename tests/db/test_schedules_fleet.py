@@ -232,6 +232,32 @@ def test_ticks_missed_while_every_scheduler_was_down_are_not_replayed(
     assert api.delete(f"/api/schedules/{made['id']}").status_code == 204
 
 
+def test_a_stopped_scheduler_hands_over_to_the_standby(
+    api: httpx.Client, schedulers: Schedulers
+) -> None:
+    _save(api, "ticker", TICKER)
+    schedulers.start_active(2)
+    first = schedulers.wait_active()
+    made = _create(api, {"playbookName": "ticker", "intervalS": 2})
+    anchor = _at(made["createdAt"])
+    wait_until(lambda: len(_runs(api, made["id"])) >= 2, timeout_s=20, what="two runs")
+    first.stop(timeout_s=10)  # SIGTERM: beat's loop ends and releases the lock at once
+    assert "Releasing lock" in first.log()
+    standby = schedulers.wait_active()
+    assert standby is not first
+    stopped_at = datetime.now(UTC)
+    more = wait_until(
+        lambda: [r for r in _runs(api, made["id"]) if _at(r["scheduledAt"]) > stopped_at],
+        timeout_s=20,
+        what="a run started by the standby",
+    )
+    standby.wait_for_log(" started ex_", timeout_s=10)
+    _one_per_tick(_runs(api, made["id"]), anchor, 2)
+    # Taken over within a tick or so: the first tick after the stop is at most 4 s later.
+    assert _at(more[0]["scheduledAt"]) - stopped_at <= timedelta(seconds=4)
+    assert api.delete(f"/api/schedules/{made['id']}").status_code == 204
+
+
 def test_max_concurrent_holds_when_a_run_outlasts_its_interval(
     api: httpx.Client, schedulers: Schedulers
 ) -> None:
