@@ -63,7 +63,7 @@ class Local:
         playbooks = self.playbooks
         if self.engine is None or playbooks is None:
             return None
-        return ScheduleStore(self.engine, playbooks)
+        return ScheduleStore(self.engine, playbooks, self.dispatcher.check_run)
 
     @property
     def embedded(self) -> bool:

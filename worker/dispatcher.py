@@ -30,7 +30,7 @@ from worker.finish import finish
 from worker.playbook.ending import playbook_output_tail
 from worker.playbook.loading import check_for_saving
 from worker.playbook.rerun import rerun_spec
-from worker.playbook.run import queue_run, submit_playbook
+from worker.playbook.run import prepare_playbook, queue_run, submit_playbook
 from worker.runner import cancel_unstarted
 from worker.runtime import Runtime
 from worker.taskqueue import TaskQueue
@@ -138,6 +138,10 @@ class Dispatcher:
 
     def check_playbook(self, playbook: str, source: str) -> None:
         check_for_saving(playbook, source)
+
+    def check_run(self, playbook: str, source: str, params: Params) -> None:
+        """PlaybookError naming every problem a run with `params` would have (a schedule's)."""
+        prepare_playbook(playbook, params, source=source)
 
     def _not_queued(self, execution_id: str, error: BrokerUnavailableError) -> None:
         """The record exists but its task could not be sent: end it (`failed`) rather than

@@ -10,7 +10,7 @@ schedulers sync their redbeat entries from these rows (worker/beat.py).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -71,21 +71,33 @@ def _values(spec: ScheduleSpec) -> dict[str, Any]:
     }
 
 
+# `check(yaml_text, source_name, params)`: raise InvalidRequestError (PlaybookError) naming
+# every problem a run with these params would have (injected: events/ knows no playbook rules).
+RunCheck = Callable[[str, str, Mapping[str, str]], None]
+
+
 class ScheduleStore:
     """Create, list, read, change and delete schedules; a schedule names a saved playbook
     that exists when it is created or changed (`playbookName` named otherwise)."""
 
-    def __init__(self, engine: Engine, playbooks: PlaybookStore) -> None:
+    def __init__(
+        self, engine: Engine, playbooks: PlaybookStore, check_run: RunCheck | None = None
+    ) -> None:
         self._engine = engine
         self._playbooks = playbooks
+        self._check_run = check_run
 
     def _check_playbook(self, spec: ScheduleSpec) -> None:
         try:
-            self._playbooks.get(spec.playbook_name)
+            saved = self._playbooks.get(spec.playbook_name)
         except UnknownPlaybookError as e:
             raise InvalidRequestError(
                 "playbookName", f"no saved playbook named {spec.playbook_name!r}"
             ) from e
+        if self._check_run is not None:
+            # Its params as a run of the latest version would check them (a tick checks again:
+            # a later version may want others).
+            self._check_run(saved.yaml, saved.source, spec.params)
 
     def create(self, body: Mapping[str, Any], created_by: str | None = None) -> Schedule:
         spec = parse_spec(body)
@@ -99,7 +111,7 @@ class ScheduleStore:
     def update(self, schedule_id: str, body: Mapping[str, Any]) -> Schedule:
         old = self.get(schedule_id)
         spec = parse_spec(body, old.spec)
-        if spec.playbook_name != old.spec.playbook_name:
+        if (spec.playbook_name, spec.params) != (old.spec.playbook_name, old.spec.params):
             self._check_playbook(spec)
         now = datetime.now(UTC)
         values = _values(spec) | {"updated_at": now}

@@ -147,6 +147,16 @@ def test_bad_schedules_are_422_naming_every_field(api: httpx.Client) -> None:
         assert resp.status_code == 422, (body, resp.text)
         named = {p["loc"][1] for p in resp.json()["detail"]}
         assert named == fields, (body, resp.json())
+    # Its params as a run would check them: a param without a value is named.
+    _save(api, "needs", "name: needs\nsteps:\n  - id: a\n    command: echo {{ params.keep }}\n")
+    missing = api.post("/api/schedules", json={"playbookName": "needs", "intervalS": 5})
+    assert missing.status_code == 422, missing.text
+    assert [p["loc"] for p in missing.json()["detail"]] == [["body", "params", "keep"]]
+    fine = {"playbookName": "needs", "intervalS": 5, "params": {"keep": 3}, "enabled": False}
+    made = _create(api, fine)
+    patch = api.patch(f"/api/schedules/{made['id']}", json={"params": {}})
+    assert patch.status_code == 422 and patch.json()["detail"][0]["loc"][1:] == ["params", "keep"]
+    assert api.delete(f"/api/schedules/{made['id']}").status_code == 204
     unknown = api.post("/api/schedules", json={"playbookName": "nope", "intervalS": 5})
     assert unknown.status_code == 422 and "playbookName" in unknown.json()["detail"]
     assert api.get("/api/schedules/sc_nope").status_code == 404
