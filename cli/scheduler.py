@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import sys
 from datetime import datetime
-from types import FrameType
 
 from api.dispatch import start_saved
 from cli.wiring import fleet
@@ -24,12 +22,9 @@ from worker.beat import BeatHooks, run_beat
 log = logging.getLogger(__name__)
 
 
-def _stop(_sig: int, _frame: FrameType | None) -> None:
-    raise SystemExit(0)  # beat's loop ends on it and releases the lock
-
-
 def run_scheduler(settings: Settings, max_interval_s: float = 1.0) -> None:
-    """Until SIGTERM/SIGINT. NoDatabaseError without CLOUDOPS_DATABASE_URL."""
+    """Until SIGTERM/SIGINT (worker.beat.StopGate). NoDatabaseError without
+    CLOUDOPS_DATABASE_URL."""
     parts = fleet(settings)
     schedules, playbooks = parts.schedules, parts.playbooks
     if schedules is None or playbooks is None:
@@ -61,5 +56,4 @@ def run_scheduler(settings: Settings, max_interval_s: float = 1.0) -> None:
         redbeat_redis_options={},  # not the broker's transport options (redbeat 2.5 drops it)
     )
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(message)s")
-    signal.signal(signal.SIGTERM, _stop)
     run_beat(app, hooks, max_interval_s)

@@ -17,7 +17,7 @@ from events.keys import Keys
 from events.schedules import Cadence, ScheduleSpec, TickClaim, parse_spec
 from events.settings import Settings
 from worker.app import client_app
-from worker.beat import BeatHooks, CloudopsBeat
+from worker.beat import BeatHooks, CloudopsBeat, StopGate
 
 T0 = datetime(2026, 3, 28, 23, 0, tzinfo=UTC)
 
@@ -101,3 +101,14 @@ def test_two_beats_ticking_at_once_start_one_run(settings: Settings, rclient: re
     assert again.last_run_at == row.anchor + timedelta(seconds=2)
     beats[0].maybe_due(beats[0].schedule["sc_test"])
     assert len(fired) == 1
+
+
+def test_a_stop_waits_for_a_run_being_started() -> None:
+    gate = StopGate()
+    with pytest.raises(SystemExit):
+        gate.ask()  # idle: at once
+    steps: list[str] = []
+    with pytest.raises(SystemExit), gate.start():
+        gate.ask()  # mid-start: deferred
+        steps.append("record and task both written")
+    assert steps == ["record and task both written"]

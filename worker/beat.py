@@ -21,10 +21,13 @@ within `lock_timeout` of the active one's death; a clean stop releases it at onc
 from __future__ import annotations
 
 import logging
+import signal
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from types import FrameType
 from typing import Any
 
 from celery import Celery
@@ -44,6 +47,32 @@ LOCK_INTERVALS = 5
 TASK = "cloudops.schedule"  # named in the entries for operators; beat sends no task
 
 
+class StopGate:
+    """SIGTERM/SIGINT stop the beat (SystemExit: its loop ends and releases the lock), but
+    never inside a run's start: between its record and its task a stop would leave the run
+    queued for good. Then the stop waits for the start to end."""
+
+    def __init__(self) -> None:
+        self.starting = False
+        self.stop_asked = False
+
+    def ask(self, _sig: int = 0, _frame: FrameType | None = None) -> None:
+        if self.starting:
+            self.stop_asked = True
+            return
+        raise SystemExit(0)
+
+    @contextmanager
+    def start(self) -> Iterator[None]:
+        self.starting = True
+        try:
+            yield
+        finally:
+            self.starting = False
+        if self.stop_asked:
+            raise SystemExit(0)
+
+
 @dataclass(frozen=True)
 class BeatHooks:
     """What the scheduler needs from the composition root."""
@@ -52,6 +81,7 @@ class BeatHooks:
     claims: TickClaim
     fire: Callable[[Schedule, datetime], None]  # start the run of a tick
     name: str  # this scheduler, in its claims
+    gate: StopGate = field(default_factory=StopGate)
 
 
 class CloudopsBeat(RedBeatScheduler):  # type: ignore[misc]
@@ -110,7 +140,8 @@ class CloudopsBeat(RedBeatScheduler):  # type: ignore[misc]
         """Start the tick's run; a run that cannot start (its playbook deleted, its params no
         longer valid, the broker down) is logged and that tick is lost: at most once."""
         try:
-            self.hooks.fire(row, tick)
+            with self.hooks.gate.start():
+                self.hooks.fire(row, tick)
         except CloudOpsError as e:
             log.warning("scheduler: %s could not start its run of %s: %s", row.id, tick, e)
         except Exception:
@@ -136,7 +167,9 @@ class CloudopsBeat(RedBeatScheduler):  # type: ignore[misc]
 
 
 def run_beat(app: Celery, hooks: BeatHooks, max_interval_s: float = 1.0) -> None:
-    """Run a beat until SIGTERM/SIGINT (SystemExit/KeyboardInterrupt: the lock released)."""
+    """Run a beat until SIGTERM/SIGINT (StopGate: the lock released, no start cut short)."""
+    signal.signal(signal.SIGTERM, hooks.gate.ask)
+    signal.signal(signal.SIGINT, hooks.gate.ask)
     scheduler = type("Beat", (CloudopsBeat,), {"hooks": hooks})
     app.conf.redbeat_lock_timeout = max(int(max_interval_s * LOCK_INTERVALS), 2)
     Service(app, max_interval=max_interval_s, scheduler_cls=scheduler).start()
