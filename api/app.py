@@ -29,9 +29,11 @@ from api.options import RelayOptions
 from api.playbooks import playbooks_router
 from api.relay import Relay, RelayClients
 from api.routes import api, ops
+from api.schedules import schedules_router
 from api.streams import streams, ws_router
 from events.db.playbooks import PlaybookStore
 from events.db.query import History
+from events.db.schedules import ScheduleStore
 from events.db.search import NEXT_CURSOR
 from events.errors import ConfigError
 from events.settings import Settings
@@ -51,12 +53,13 @@ def create_app(
     checks: Sequence[HealthCheck] = (),
     history: History | None = None,
     playbooks: PlaybookStore | None = None,
+    schedules: ScheduleStore | None = None,
 ) -> FastAPI:
     """The relay. `clients` are its async Redis clients (default: from the settings' Redis);
     `services` run for the relay's lifetime (started after it, stopped before it); `checks`
     are what /healthz checks besides Redis (the broker); `history` the database the relay reads
     an execution from once Redis forgot it; `playbooks` the saved playbooks (in that database:
-    without one, their routes answer 503)."""
+    without one, their routes answer 503), `schedules` the schedules (likewise)."""
     if clients is None and settings.embedded:
         raise ConfigError("the relay needs Redis: set CLOUDOPS_REDIS_URL")
     opts = options or RelayOptions()
@@ -67,6 +70,7 @@ def create_app(
         relay = await Relay.start(settings, dispatcher, opts, clients, history)
         relay.checks = tuple(checks)
         relay.playbooks = playbooks
+        relay.schedules = schedules
         app.state.relay = relay
         started: list[Service] = []
         try:
@@ -106,6 +110,7 @@ def create_app(
         )
     app.include_router(api)
     app.include_router(playbooks_router)
+    app.include_router(schedules_router)
     app.include_router(streams)
     app.include_router(ws_router)
     app.include_router(ops)

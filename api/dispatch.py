@@ -9,17 +9,24 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from events.db.playbooks import PlaybookStore
 from events.models import ExecutionOptions
-from events.requests import REQUEST_SOURCE, Params, PlaybookSource, SavedRef
+from events.requests import REQUEST_SOURCE, Params, PlaybookSource, SavedRef, ScheduledTick
 from events.rerun import RerunHosts, RerunSource
 
 
 class Dispatcher(Protocol):
     def submit_command(
-        self, command: str, command_type: str, options: ExecutionOptions | None = None
+        self,
+        command: str,
+        command_type: str,
+        options: ExecutionOptions | None = None,
+        *,
+        submitted_by: str | None = None,
     ) -> str:
         """Queue a command; return its execution id. `command_type` is aws_cli or script;
-        InvalidRequestError names the bad field."""
+        InvalidRequestError names the bad field. `submitted_by`: who asks (the record's
+        `submittedBy`; a token's name)."""
         ...
 
     def submit_playbook(
@@ -29,10 +36,14 @@ class Dispatcher(Protocol):
         *,
         source: str = REQUEST_SOURCE,
         saved: SavedRef | None = None,
+        submitted_by: str | None = None,
+        schedule: ScheduledTick | None = None,
     ) -> str:
         """Validate and queue a playbook (YAML text or parsed object); return its id. A bad
         playbook or params raise events.errors.ProblemsError listing every problem. `saved`:
-        the saved playbook's name and version the record names (CONTRACT §10)."""
+        the saved playbook's name and version the record names (CONTRACT §10);
+        `submitted_by`: who asks (`submittedBy`), `schedule`: the tick a schedule started
+        it for (`scheduleId`, `scheduledAt`, and `submittedBy: schedule:<id>`)."""
         ...
 
     def rerun(self, source: RerunSource, hosts: RerunHosts, params: Params = None) -> str:
@@ -55,6 +66,30 @@ class Dispatcher(Protocol):
         it already ended (nothing changes then).
         """
         ...
+
+
+def start_saved(
+    dispatcher: Dispatcher,
+    store: PlaybookStore,
+    name: str,
+    params: Params = None,
+    *,
+    version: int | None = None,
+    submitted_by: str | None = None,
+    schedule: ScheduledTick | None = None,
+) -> str:
+    """Start saved playbook `name` (its latest version, or `version`): the one way a run by
+    name starts, from the relay, the CLI without one, and a schedule's tick (blocking: the
+    database, then the dispatcher)."""
+    saved = store.for_run(name, version)
+    return dispatcher.submit_playbook(
+        saved.yaml,
+        params,
+        source=saved.source,
+        saved=saved.ref,
+        submitted_by=submitted_by,
+        schedule=schedule,
+    )
 
 
 class Service(Protocol):

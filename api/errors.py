@@ -26,6 +26,7 @@ from events.errors import (
     ProblemsError,
     UnknownExecutionError,
     UnknownPlaybookError,
+    UnknownScheduleError,
 )
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ProblemsError, _problems)  # the most derived class's handler wins
     app.add_exception_handler(UnknownExecutionError, _unknown)
     app.add_exception_handler(UnknownPlaybookError, _unknown)
+    app.add_exception_handler(UnknownScheduleError, _unknown)
     app.add_exception_handler(NoDatabaseError, _no_database)
     app.add_exception_handler(DatabaseUnavailableError, _database_unavailable)
     app.add_exception_handler(ExecutionEndedError, _ended)

@@ -20,6 +20,7 @@ from api.store import Store
 from events.clients import async_redis_for
 from events.db.playbooks import PlaybookStore
 from events.db.query import History
+from events.db.schedules import ScheduleStore
 from events.keys import Keys
 from events.settings import Settings
 
@@ -62,6 +63,8 @@ class Relay:
     checks: tuple[HealthCheck, ...] = ()
     # Saved playbooks (CONTRACT §10), in the history database; None: there is none.
     playbooks: PlaybookStore | None = None
+    # Schedules (CONTRACT §10), in the same database; None: there is none.
+    schedules: ScheduleStore | None = None
     drops: DropLedger = field(init=False)
 
     def __post_init__(self) -> None:

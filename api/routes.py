@@ -14,6 +14,7 @@ from starlette.requests import HTTPConnection
 
 from api import health, metrics
 from api.auth import ALL, Role
+from api.dispatch import start_saved
 from api.relay import Relay
 from api.schemas import (
     CancelResponse,
@@ -105,11 +106,9 @@ async def submit_execution(body: SubmitRequest, relay: RelayDep, response: Respo
     dispatcher = relay.dispatcher
     body.check()
     if isinstance(body, PlaybookRequest) and body.playbook_name is not None:
-        saved = await run_in_threadpool(store_of(relay).for_run, body.playbook_name, body.version)
+        start = partial(start_saved, version=body.version)
         execution_id = await run_in_threadpool(
-            partial(dispatcher.submit_playbook, source=saved.source, saved=saved.ref),
-            saved.yaml,
-            body.param_strings(),
+            start, dispatcher, store_of(relay), body.playbook_name, body.param_strings()
         )
     elif isinstance(body, PlaybookRequest):
         execution_id = await run_in_threadpool(

@@ -300,3 +300,21 @@ class SavedPlaybookBody(PlaybookVersion):
     yaml: str
     versions: list[PlaybookVersion]
     params: list[ParamField] | None = None
+
+
+class ScheduleBody(BaseModel):
+    """A schedule (CONTRACT §10) as the relay answers it; `cron` or `intervalS`."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    id: str
+    playbook_name: str
+    params: dict[str, str]
+    cron: str | None = None
+    timezone: str
+    interval_s: int | None = Field(None, alias="intervalS")
+    enabled: bool
+    created_at: str = Field(json_schema_extra={"format": "date-time"})
+    updated_at: str = Field(json_schema_extra={"format": "date-time"})
+    created_by: str | None = None
+    next_run_at: str | None = Field(None, json_schema_extra={"format": "date-time"})

@@ -20,6 +20,7 @@ from events.errors import (
     ProblemsError,
     UnknownExecutionError,
     UnknownPlaybookError,
+    UnknownScheduleError,
 )
 from events.wire import RawEvent
 
@@ -122,6 +123,18 @@ class RelayClient:
         if resp.status_code == 404:
             raise UnknownPlaybookError(name, version)
         return dict(self._check(resp))
+
+    def add_schedule(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(self._check(self._request("POST", "/api/schedules", json=dict(body))))
+
+    def schedules(self) -> list[dict[str, Any]]:
+        return list(self._check(self._request("GET", "/api/schedules")))
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        resp = self._request("DELETE", f"/api/schedules/{quote(schedule_id, safe='')}")
+        if resp.status_code == 404:
+            raise UnknownScheduleError(schedule_id)
+        self._check(resp)
 
     def follow(self, execution_id: str, after: int = 0) -> Iterator[RawEvent]:
         """Events after `after` until execution_complete; reconnects and resumes by itself."""

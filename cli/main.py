@@ -28,6 +28,7 @@ from cli.render import (
     render,
     render_hosts,
 )
+from cli.schedules import schedule_cli
 from cli.sessions import open_session
 from cli.usage import fail as _fail
 from cli.usage import fail_each
@@ -249,6 +250,7 @@ def _record_line(rec: dict[str, Any]) -> str:
 
 
 cli.add_typer(playbook_cli, name="playbook")
+cli.add_typer(schedule_cli, name="schedule")
 
 db = typer.Typer(help="The history database: migrate it, apply retention.", no_args_is_help=True)
 cli.add_typer(db, name="db")
@@ -312,6 +314,24 @@ def worker(
         loglevel=loglevel,
         labels=labels,
     )
+
+
+@cli.command()
+def scheduler(
+    max_interval: Annotated[float, typer.Option("--max-interval", min=0.1)] = 1.0,
+) -> None:
+    """Start a scheduler (Celery beat on celery-redbeat): runs the schedules, one tick at a
+    time fleet-wide however many run."""
+    from cli.scheduler import run_scheduler
+
+    settings = _settings()
+    if settings.redis_url is None:
+        # redbeat takes a Sentinel URL of its own form: not wired yet.
+        raise _fail("CLOUDOPS_REDIS_URL is not set: a scheduler needs Redis (not Sentinel)")
+    if not settings.database_url:
+        raise _fail("CLOUDOPS_DATABASE_URL is not set: schedules live in the history database")
+    _check_schema(settings)
+    run_scheduler(settings, max_interval)
 
 
 @cli.command("workers")

@@ -6,11 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from api.dispatch import start_saved
 from cli.client import RelayClient
 from cli.history import archive_now, search, stored_events
 from cli.wiring import Local, local
 from events.db.errors import NoDatabaseError
 from events.db.playbooks import PlaybookStore
+from events.db.schedules import ScheduleStore
 from events.db.search import SearchFilter
 from events.errors import InvalidRequestError, Problem, ProblemsError, UnknownExecutionError
 from events.hosts import HostRegistry
@@ -41,6 +43,9 @@ class Session(Protocol):
     def save_playbook(self, name: str, text: str) -> tuple[dict[str, Any], bool]: ...
     def playbooks(self) -> list[dict[str, Any]]: ...
     def playbook(self, name: str, version: int | None = None) -> dict[str, Any]: ...
+    def add_schedule(self, body: dict[str, Any]) -> dict[str, Any]: ...
+    def schedules(self) -> list[dict[str, Any]]: ...
+    def delete_schedule(self, schedule_id: str) -> None: ...
 
 
 def _options_from_body(body: dict[str, Any]) -> ExecutionOptions:
@@ -69,9 +74,12 @@ class LocalSession:
             # Embedded: its one worker is listed, for a step whose targets name it.
             self.local.presence.beat()
         if body.get("playbookName") is not None:
-            saved = self._store.for_run(body["playbookName"], body.get("version"))
-            return dispatcher.submit_playbook(
-                saved.yaml, body.get("params"), source=saved.source, saved=saved.ref
+            return start_saved(
+                dispatcher,
+                self._store,
+                body["playbookName"],
+                body.get("params"),
+                version=body.get("version"),
             )
         if body.get("commandType") == CommandType.PLAYBOOK:
             return dispatcher.submit_playbook(
@@ -139,6 +147,22 @@ class LocalSession:
     def playbook(self, name: str, version: int | None = None) -> dict[str, Any]:
         return self._store.get(name, version).wire()
 
+    @property
+    def _schedules(self) -> ScheduleStore:
+        store = self.local.schedules
+        if store is None:
+            raise NoDatabaseError()
+        return store
+
+    def add_schedule(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._schedules.create(body).wire()
+
+    def schedules(self) -> list[dict[str, Any]]:
+        return [s.wire() for s in self._schedules.all()]
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        self._schedules.delete(schedule_id)
+
 
 class RemoteSession:
     def __init__(self, url: str, token: str | None) -> None:
@@ -183,6 +207,15 @@ class RemoteSession:
 
     def playbook(self, name: str, version: int | None = None) -> dict[str, Any]:
         return self._client.playbook(name, version)
+
+    def add_schedule(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._client.add_schedule(body)
+
+    def schedules(self) -> list[dict[str, Any]]:
+        return self._client.schedules()
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        self._client.delete_schedule(schedule_id)
 
 
 def _named(msg: str, source: str) -> str:

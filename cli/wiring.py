@@ -20,6 +20,7 @@ from cli import webhooks
 from cli.history import history_engine
 from events.db.playbooks import PlaybookStore
 from events.db.query import History
+from events.db.schedules import ScheduleStore
 from events.settings import Settings
 from worker.app import client_app
 from worker.dispatcher import Dispatcher
@@ -55,6 +56,14 @@ class Local:
         if self.engine is None:
             return None
         return PlaybookStore(self.engine, self.dispatcher.check_playbook)
+
+    @property
+    def schedules(self) -> ScheduleStore | None:
+        """Schedules, in the history database, of its saved playbooks."""
+        playbooks = self.playbooks
+        if self.engine is None or playbooks is None:
+            return None
+        return ScheduleStore(self.engine, playbooks, self.dispatcher.check_run)
 
     @property
     def embedded(self) -> bool:

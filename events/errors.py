@@ -98,6 +98,14 @@ class BrokerUnavailableError(CloudOpsError):
         self.reason = reason
 
 
+class UnknownScheduleError(CloudOpsError):
+    """No schedule of that id."""
+
+    def __init__(self, schedule_id: str) -> None:
+        super().__init__(f"unknown schedule: {schedule_id!r}")
+        self.schedule_id = schedule_id
+
+
 class UnknownPlaybookError(CloudOpsError):
     """No saved playbook of that name (or no such version of it)."""
 

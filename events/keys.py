@@ -88,6 +88,15 @@ class Keys:
         can still be asking for that day."""
         return f"{self.prefix}:prune:{day}"
 
+    def schedule_tick(self, schedule_id: str, tick: str) -> str:
+        """String set once (SET NX, expiring) by whichever scheduler starts schedule
+        `schedule_id`'s run of `tick`: one run per tick fleet-wide (events.schedules)."""
+        return f"{self.prefix}:schedule:{schedule_id}:tick:{tick}"
+
+    def beat_prefix(self) -> str:
+        """celery-redbeat's keys (its entries, schedule set and lock) start with this."""
+        return f"{self.prefix}:beat"
+
     def host(self, hostname: str) -> str:
         """String: a worker's registry entry as JSON (events/hosts.py), rewritten by its main
         process every `host_refresh_interval_s`. Expires a day after the last write: an offline

@@ -76,6 +76,9 @@ class ExecutionRecord(BaseModel):
     playbook_name: str | None = None
     playbook_version: int | None = None
     rerun_of: str | None = None
+    submitted_by: str | None = None
+    schedule_id: str | None = None
+    scheduled_at: str | None = None
 
     def wire(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -125,4 +128,7 @@ def record_from_hash(raw: Mapping[str, str]) -> ExecutionRecord:
         playbook_name=raw.get(F.PLAYBOOK_NAME) or None,
         playbook_version=_int_or_none(raw.get(F.PLAYBOOK_VERSION)),
         rerun_of=raw.get(F.RERUN_OF) or None,
+        submitted_by=raw.get(F.SUBMITTED_BY) or None,
+        schedule_id=raw.get(F.SCHEDULE_ID) or None,
+        scheduled_at=raw.get(F.SCHEDULED_AT) or None,
     )

@@ -41,6 +41,33 @@ class SavedRef:
         }
 
 
+@dataclass(frozen=True)
+class ScheduledTick:
+    """A run a schedule started (CONTRACT §10): the schedule and the tick (RFC 3339, UTC)."""
+
+    schedule_id: str
+    at: str
+
+    @property
+    def submitter(self) -> str:
+        return f"schedule:{self.schedule_id}"
+
+
+def origin_fields(
+    submitted_by: str | None = None, schedule: ScheduledTick | None = None
+) -> dict[str, str]:
+    """The record fields saying who started a run: `submittedBy` (a token's name, or
+    `schedule:<id>`), and for a scheduled run `scheduleId` and `scheduledAt`."""
+    out: dict[str, str] = {}
+    if schedule is not None:
+        out[RecordField.SCHEDULE_ID] = schedule.schedule_id
+        out[RecordField.SCHEDULED_AT] = schedule.at
+        submitted_by = submitted_by or schedule.submitter
+    if submitted_by:
+        out[RecordField.SUBMITTED_BY] = submitted_by
+    return out
+
+
 # `cloudops run --targets`: the keys it takes, and the playbook key each one fills.
 _TARGET_KEYS = {"queue": "queue", "hosts": "hosts", "label": "labels"}
 

@@ -95,6 +95,11 @@ class RecordField(StrEnum):
     PLAYBOOK_VERSION = "playbookVersion"
     # The execution this one reruns (CONTRACT §7: POST /api/executions/{id}/rerun).
     RERUN_OF = "rerunOf"
+    # Who started it (CONTRACT §9/§10): a token's name, or `schedule:<id>` for a scheduled run.
+    SUBMITTED_BY = "submittedBy"
+    # A scheduled run (CONTRACT §10): its schedule and the tick it is the run of (RFC 3339).
+    SCHEDULE_ID = "scheduleId"
+    SCHEDULED_AT = "scheduledAt"
     # The initial step list (JSON); each step's progress is in `step:<n>` (see step_field).
     STEPS = "steps"
     # What the worker runs (JSON): the command and options, or the rendered playbook.

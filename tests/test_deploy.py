@@ -88,7 +88,7 @@ def check_cli(argv: list[str]) -> None:
         assert ctx.params is not None
 
 
-@pytest.mark.parametrize("name", ["relay", "worker", "flower", "migrate"])
+@pytest.mark.parametrize("name", ["relay", "worker", "scheduler", "flower", "migrate"])
 def test_compose_service_runs_an_existing_cli_command(name: str) -> None:
     check_cli(cloudops_argv(COMPOSE["services"][name]))
 

@@ -15,11 +15,20 @@ from events.errors import (
     BrokerUnavailableError,
     ExecutionEndedError,
     InvalidRequestError,
+    Problem,
+    ProblemsError,
     UnknownExecutionError,
 )
 from events.lifecycle import Reporter
 from events.models import ExecutionOptions, utc_now
-from events.requests import REQUEST_SOURCE, Params, PlaybookSource, SavedRef
+from events.requests import (
+    REQUEST_SOURCE,
+    Params,
+    PlaybookSource,
+    SavedRef,
+    ScheduledTick,
+    origin_fields,
+)
 from events.rerun import RerunHosts, RerunSource, plan_rerun
 from events.settings import Settings
 from events.vocabulary import CommandType, Outcome, RecordField, Status
@@ -28,7 +37,7 @@ from worker.finish import finish
 from worker.playbook.ending import playbook_output_tail
 from worker.playbook.loading import check_for_saving
 from worker.playbook.rerun import rerun_spec
-from worker.playbook.run import queue_run, submit_playbook
+from worker.playbook.run import prepare_playbook, queue_run, submit_playbook
 from worker.playbook.secrets import rerun_secrets
 from worker.runner import cancel_unstarted
 from worker.runtime import Runtime
@@ -49,12 +58,18 @@ class Dispatcher:
         self.settings: Settings = rt.settings  # its default_queue routes commands
 
     def submit_command(
-        self, command: str, command_type: str, options: ExecutionOptions | None = None
+        self,
+        command: str,
+        command_type: str,
+        options: ExecutionOptions | None = None,
+        *,
+        submitted_by: str | None = None,
     ) -> str:
         """Queue a command (`aws_cli` or `script`); its execution id."""
         kind = command_type_named(command_type)
         validate_command(command, kind)
-        return self._queue_command(command, kind, (options or ExecutionOptions()).wire(), {})
+        wire_options = (options or ExecutionOptions()).wire()
+        return self._queue_command(command, kind, wire_options, origin_fields(submitted_by))
 
     def _queue_command(
         self, command: str, kind: CommandType, wire_options: Mapping[str, Any], extra: Extra
@@ -83,12 +98,22 @@ class Dispatcher:
         *,
         source: str = REQUEST_SOURCE,
         saved: SavedRef | None = None,
+        submitted_by: str | None = None,
+        schedule: ScheduledTick | None = None,
     ) -> str:
-        """Validate (PlaybookError before anything exists), record and queue a playbook run."""
+        """Validate (PlaybookError before anything exists), record and queue a playbook run;
+        its record names `submitted_by` and the `schedule` tick it is the run of."""
         execution_id = new_execution_id()
         try:
             return submit_playbook(
-                self.rt, self.tasks, execution_id, playbook, params, source=source, saved=saved
+                self.rt,
+                self.tasks,
+                execution_id,
+                playbook,
+                params,
+                source=source,
+                saved=saved,
+                extra=origin_fields(submitted_by, schedule),
             )
         except BrokerUnavailableError as e:
             self._not_queued(execution_id, e)
@@ -126,6 +151,22 @@ class Dispatcher:
 
     def check_playbook(self, playbook: str, source: str) -> None:
         check_for_saving(playbook, source)
+
+    def check_run(self, playbook: str, source: str, params: Params) -> None:
+        """PlaybookError naming every problem a run with `params` would have (a schedule's);
+        ProblemsError naming each secret param given: a schedule is stored, and a secret's
+        value never is (CONTRACT §10)."""
+        prepared = prepare_playbook(playbook, params, source=source)
+        if prepared.secrets:
+            raise ProblemsError(
+                [
+                    Problem(
+                        ("params", name),
+                        f"params.{name}: a secret param cannot be kept in a schedule",
+                    )
+                    for name in sorted(prepared.secrets)
+                ]
+            )
 
     def _not_queued(self, execution_id: str, error: BrokerUnavailableError) -> None:
         """The record exists but its task could not be sent: end it (`failed`) rather than

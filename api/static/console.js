@@ -17,6 +17,7 @@ import {
 import { fmtDuration, fmtTime } from "/static/format.js";
 import { HostsPanel } from "/static/hosts.js";
 import { SavedPlaybooks } from "/static/saved.js";
+import { SchedulesPanel } from "/static/schedules.js";
 import { Term, TerminalView } from "/static/terminal.js";
 
 const TOKEN_KEY = "cloudops.token";
@@ -872,6 +873,13 @@ async function start(token) {
     countEl: $("hosts-count"),
     emptyEl: $("hosts-empty"),
     errorEl: $("hosts-error"),
+  }).start();
+  new SchedulesPanel({
+    getJson: (path) => api(path),
+    listEl: $("schedules"),
+    countEl: $("schedules-count"),
+    emptyEl: $("schedules-empty"),
+    errorEl: $("schedules-error"),
   }).start();
   app.nextCursor = first.headers.get("X-Next-Cursor");
   for (const rec of await first.json()) app.store.mergeRecord(app.store.get(rec.executionId), rec);

@@ -10,14 +10,16 @@ import { fmtAgo } from "/static/format.js";
 // well within the time it takes to matter, for one small request.
 export const HOSTS_REFRESH_MS = 5000;
 
-function span(cls, text) {
+export function span(cls, text) {
   const node = document.createElement("span");
   node.className = cls;
   node.textContent = text;
   return node;
 }
 
-export class HostsPanel {
+/** A sidebar list asked for again every few seconds (hosts, schedules): `path`, `what`,
+ * `render(rows)` and `row(item)` are the subclass's. */
+export class PolledPanel {
   constructor({ getJson, listEl, countEl, emptyEl, errorEl }) {
     Object.assign(this, { getJson, listEl, countEl, emptyEl, errorEl });
     this.timer = 0;
@@ -30,14 +32,25 @@ export class HostsPanel {
 
   async refresh() {
     try {
-      this.render(await this.getJson("/api/workers"));
+      this.render(await this.getJson(this.path));
       this.errorEl.hidden = true;
     } catch (e) {
+      if (this.unavailable(e)) return;
       // Kept on screen as last seen; the note says the list is stale and why.
-      this.errorEl.textContent = `Hosts not refreshed: ${e.message}`;
+      this.errorEl.textContent = `${this.what} not refreshed: ${e.message}`;
       this.errorEl.hidden = false;
     }
   }
+
+  /** True when `e` says the list does not exist here (not an error to show); the default: never. */
+  unavailable(_e) {
+    return false;
+  }
+}
+
+export class HostsPanel extends PolledPanel {
+  path = "/api/workers";
+  what = "Hosts";
 
   render(hosts) {
     const online = hosts.filter((h) => h.online).length;

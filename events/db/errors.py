@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
 from events.errors import CloudOpsError, ConfigError
 
 
@@ -44,9 +47,17 @@ class DatabaseUnavailableError(CloudOpsError):
     def __init__(self, where: str, why: str) -> None:
         super().__init__(f"the history database ({where}) is unavailable: {why}")
 
+    @classmethod
+    def of(cls, engine: Engine, e: SQLAlchemyError) -> DatabaseUnavailableError:
+        """From a failed statement on `engine`: its URL without the password, the first line."""
+        where = engine.url.render_as_string(hide_password=True)
+        return cls(where, str(getattr(e, "orig", None) or e).strip().splitlines()[0])
+
 
 # The one wording of "no database", for the relay's 503 and the CLI's client alike.
-NO_DATABASE = "saved playbooks need the history database: CLOUDOPS_DATABASE_URL is not set"
+NO_DATABASE = (
+    "saved playbooks and schedules need the history database: CLOUDOPS_DATABASE_URL is not set"
+)
 
 
 class NoDatabaseError(ConfigError):

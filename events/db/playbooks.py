@@ -102,9 +102,7 @@ class PlaybookStore:
         self._check = check
 
     def _unavailable(self, e: SQLAlchemyError) -> DatabaseUnavailableError:
-        where = self._engine.url.render_as_string(hide_password=True)
-        why = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-        return DatabaseUnavailableError(where, why)
+        return DatabaseUnavailableError.of(self._engine, e)
 
     def save(self, name: str, text: str, created_by: str | None = None) -> Saved:
         """Check `text`, then keep it as `name`'s next version (see the module docstring)."""

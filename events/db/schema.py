@@ -8,6 +8,7 @@ cost ~60 bytes of row overhead and an index entry per output chunk). `execution_
 host an execution touched, for `host=` searches.
 
 `saved_playbooks` (migration 0002): every version of every saved playbook (CONTRACT §10).
+`schedules` (migration 0003): the schedules of saved playbooks (CONTRACT §10).
 
 A migration, not `metadata.create_all`, creates these in a database; tests/db check that the two
 agree. Tables that §9 and §10 will add (tokens, audit, schedules) live in the same database and
@@ -197,6 +198,28 @@ saved_playbooks = Table(
     # The saving token's name (CONTRACT §9); null until tokens have names.
     Column("created_by", String(255)),
     PrimaryKeyConstraint("name", "version"),
+)
+
+
+# Schedules (migration 0003, CONTRACT §10): the definitions' one truth; the schedulers'
+# celery-redbeat entries in Redis are synced from these rows (worker/beat.py).
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("id", String(32), nullable=False),
+    Column("playbook_name", String(255), nullable=False),
+    Column("params", JSON, nullable=False),
+    Column("cron", String(255)),
+    Column("timezone", String(64), nullable=False),
+    Column("interval_s", Integer),
+    Column("enabled", Boolean, nullable=False),
+    # An interval's ticks are anchor + k * interval_s (events.schedules.Cadence); a cron's
+    # first tick is the first after it.
+    Column("anchor", UTCDateTime, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("created_by", String(255)),
+    PrimaryKeyConstraint("id"),
 )
 
 

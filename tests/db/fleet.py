@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,17 @@ class Fleet:
             return n
         finally:
             client.close()
+
+
+@contextmanager
+def running_fleet(tmp: Path, database_url: str, *, concurrency: int = 4) -> Iterator[Fleet]:
+    """A started Fleet, stopped at the end (a module fixture's body)."""
+    f = Fleet(tmp, database_url)
+    f.start(concurrency=concurrency)
+    try:
+        yield f
+    finally:
+        f.stop()
 
 
 def see(api: httpx.Client, execution_id: str) -> Seen:

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from events.db.engine import make_engine
 from events.db.errors import NO_DATABASE
 from events.db.schema import executions
-from tests.db.fleet import TOKEN, Fleet
+from tests.db.fleet import TOKEN, Fleet, running_fleet
 from tests.helpers import embedded_env, run_cloudops, wait_until, worker_env
 from tests.relay.helpers import RelayProcess, start_relay
 
@@ -35,10 +35,8 @@ YAML = {"Content-Type": "text/yaml"}
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[Fleet]:
-    f = Fleet(tmp_path_factory.mktemp("saved-playbooks"), pg_url)
-    f.start(concurrency=2)
-    yield f
-    f.stop()
+    with running_fleet(tmp_path_factory.mktemp("saved-playbooks"), pg_url, concurrency=2) as f:
+        yield f
 
 
 @pytest.fixture

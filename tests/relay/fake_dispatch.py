@@ -27,7 +27,7 @@ from events.models import ExecutionOptions, utc_now
 from events.publisher import Publisher
 from events.record_store import RecordStore
 from events.records import StepRecord
-from events.requests import REQUEST_SOURCE, Params, PlaybookSource, SavedRef
+from events.requests import REQUEST_SOURCE, Params, PlaybookSource, SavedRef, ScheduledTick
 from events.rerun import RerunHosts, RerunSource, plan_rerun
 from events.settings import Settings
 from events.vocabulary import COMMAND_TYPES, CommandType, RecordField, Status
@@ -61,7 +61,12 @@ class FakeDispatcher:
 
     # -- Dispatcher ------------------------------------------------------------------------
     def submit_command(
-        self, command: str, command_type: str, options: ExecutionOptions | None = None
+        self,
+        command: str,
+        command_type: str,
+        options: ExecutionOptions | None = None,
+        *,
+        submitted_by: str | None = None,
     ) -> str:
         if command_type not in COMMAND_TYPES:
             raise InvalidRequestError("commandType", "must be aws_cli or script")
@@ -85,6 +90,8 @@ class FakeDispatcher:
         *,
         source: str = REQUEST_SOURCE,
         saved: SavedRef | None = None,
+        submitted_by: str | None = None,
+        schedule: ScheduledTick | None = None,
     ) -> str:
         try:
             doc = yaml.safe_load(playbook) if isinstance(playbook, str) else playbook

@@ -23,6 +23,7 @@ from api.server import serve
 from cli.relay import relay_app
 from cli.wiring import ReaperService, fleet
 from events.db.playbooks import PlaybookStore
+from events.db.schedules import ScheduleStore
 from events.settings import Settings
 from tests.relay.fake_dispatch import FakeDispatcher
 
@@ -43,7 +44,17 @@ def make_app() -> FastAPI:
         fake = FakeDispatcher(settings)
         # With CLOUDOPS_DATABASE_URL, saved playbooks too (checked by the real loader).
         store = None if parts.engine is None else PlaybookStore(parts.engine, fake.check_playbook)
-        app = create_app(settings, fake, options=options, services=[reaper], playbooks=store)
+        schedules = (
+            None if store is None or parts.engine is None else ScheduleStore(parts.engine, store)
+        )
+        app = create_app(
+            settings,
+            fake,
+            options=options,
+            services=[reaper],
+            playbooks=store,
+            schedules=schedules,
+        )
     _add_revoke_route(app)
     return app
 

@@ -120,16 +120,19 @@ def submit_playbook(
     *,
     source: str = "<request>",
     saved: SavedRef | None = None,
+    extra: Mapping[str, str] | None = None,
 ) -> str:
     """Validate, create the record (queued) and queue the first step, or wait for a slot.
-    `saved`: the saved playbook (name, version) this run is of, named by its record."""
+    `saved`: the saved playbook (name, version) this run is of, named by its record; `extra`:
+    more record fields (who started it, events.requests.origin_fields)."""
     prepared = prepare_playbook(playbook, params, source=source)
+    fields = saved.record_fields() if saved is not None else {}
     return queue_run(
         rt,
         tasks,
         execution_id,
         prepared.spec(),
-        extra=saved.record_fields() if saved is not None else {},
+        extra=fields | dict(extra or {}),
         secrets=prepared.secrets,
     )
 

@@ -1,0 +1,49 @@
+/**
+ * schedules.js: the console's schedules panel (CONTRACT §10). Each schedule as GET
+ * /api/schedules lists it: its saved playbook, its cadence and its next run time; asked again
+ * every few seconds (the next run time moves on with each tick).
+ */
+
+import { fmtTime } from "/static/format.js";
+import { PolledPanel, span } from "/static/hosts.js";
+
+export class SchedulesPanel extends PolledPanel {
+  path = "/api/schedules";
+  what = "Schedules";
+
+  unavailable(e) {
+    // A fleet without a history database has no schedules (503): said once, not as an error.
+    if (e.status !== 503) return false;
+    this.listEl.replaceChildren();
+    this.countEl.textContent = "0";
+    this.emptyEl.textContent = e.message;
+    this.emptyEl.hidden = false;
+    return true;
+  }
+
+  render(schedules) {
+    this.countEl.textContent = String(schedules.length);
+    this.emptyEl.hidden = schedules.length > 0;
+    this.listEl.replaceChildren(...schedules.map((s) => this.row(s)));
+  }
+
+  row(s) {
+    const li = document.createElement("li");
+    li.className = "schedule";
+    li.dataset.testid = "schedule";
+    li.dataset.scheduleId = s.id;
+    li.dataset.enabled = String(s.enabled);
+    const cadence = s.cron ? `cron ${s.cron} (${s.timezone})` : `every ${s.intervalS} s`;
+    const next = s.enabled ? `next ${fmtTime(s.nextRunAt)}` : "disabled";
+    const nextEl = span("schedule-next", next);
+    nextEl.dataset.testid = "schedule-next";
+    if (s.nextRunAt) nextEl.dataset.at = s.nextRunAt;
+    li.append(
+      span("schedule-name mono", s.playbookName),
+      nextEl,
+      span("schedule-meta dim", cadence),
+    );
+    li.title = `${s.id}: ${s.playbookName}, ${cadence}`;
+    return li;
+  }
+}
