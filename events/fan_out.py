@@ -150,5 +150,39 @@ class FanOutStore:
             pipe.set(key, host, ex=self._settings.lease_ttl_s)
         pipe.execute()
 
+    def first_wave(self, execution_id: str, step_number: int) -> list[str]:
+        """The hosts the step starts at once (all, or the first `parallel`)."""
+        key = self._keys.fan_out(execution_id, step_number)
+        order, parallel = self._redis.hmget(key, ["order", "parallel"])
+        if order is None:
+            return []
+        hosts: list[str] = json.loads(order)
+        n = int(parallel or 0)
+        return hosts[:n] if n > 0 else hosts
+
+    def gather(self, execution_id: str, step_number: int, wave: int, timeout_s: float) -> bool:
+        """A start barrier for the step's first `wave` hosts: each calls this when its run is
+        ready to start, and all go when the last arrives, or each after `timeout_s` at most
+        (a host whose worker is busy, or whose send failed, delays the others by that much,
+        never more). Their tasks are sent one after another and each reaches its worker a
+        broker round trip or more after the one before: without it, the first host's command
+        ran while the last one's task was still being sent (issue 14's start skew). True
+        when released by the last arrival."""
+        ready, go = self._keys.fan_out_go(execution_id, step_number)
+        ttl = self._settings.lease_ttl_s * 4
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.incr(ready)
+        pipe.expire(ready, ttl)
+        arrived = int(pipe.execute()[0])
+        if arrived > wave:  # a run delivered again: its wave left long ago
+            return False
+        if arrived == wave:
+            if wave > 1:
+                pipe.rpush(go, *(["1"] * (wave - 1)))
+                pipe.expire(go, ttl)
+                pipe.execute()
+            return True
+        return self._redis.blpop([go], timeout=timeout_s) is not None
+
     def host_lease_alive(self, execution_id: str, step_number: int, host: str) -> bool:
         return bool(self._redis.exists(self._keys.host_lease(execution_id, step_number, host)))

@@ -51,6 +51,12 @@ class Keys:
         but the record's step entry."""
         return f"{self.prefix}:ex:{{{execution_id}}}:fan:{step_number}"
 
+    def fan_out_go(self, execution_id: str, step_number: int) -> tuple[str, str]:
+        """A fan-out step's start barrier (FanOutStore.gather): the counter of its first hosts
+        ready to start, and the list the last of them fills with one token per waiter."""
+        base = f"{self.prefix}:ex:{{{execution_id}}}:fan:{step_number}"
+        return f"{base}:ready", f"{base}:go"
+
     def host_lease(self, execution_id: str, step_number: int, host: str) -> str:
         """String with a short TTL (`lease_ttl_s`) renewed while `host` runs its share of a
         fan-out step; when it expires before the host ended, the host is `lost`."""

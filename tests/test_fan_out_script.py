@@ -3,6 +3,8 @@ claim counted once, and exactly one caller told that the step is over."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -82,3 +84,33 @@ def test_a_host_runs_once_and_not_after_a_cancel(
     store.end(EX, 5, run("a"), started=True)
     assert store.end(EX, 5, run("b", HostStatus.CANCELLED), started=True).last
     assert rclient.hget(Keys(settings.key_prefix).record(EX), RecordField.FAN_OUT) is None
+
+
+def test_the_first_hosts_start_together(store: FanOutStore) -> None:
+    """The barrier of a step's first wave: waiters arrived before the last all go when it
+    arrives; a wave short of a host lets each go after its timeout; a run delivered again
+    goes at once."""
+    store.init(EX, 2, ["a", "b", "c", "d"], parallel=3, max_failures=None, offline=[])
+    assert store.first_wave(EX, 2) == ["a", "b", "c"]
+    results: list[bool] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(store.gather(EX, 2, 3, 5.0)))
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:  # both wait: the third host is not ready yet
+        t.join(0.2)
+        assert t.is_alive()
+    t0 = time.monotonic()
+    assert store.gather(EX, 2, 3, 5.0) is True  # the last: it releases the others
+    for t in threads:
+        t.join(5.0)
+    assert results == [True, True] and time.monotonic() - t0 < 2.0
+    assert store.gather(EX, 2, 3, 5.0) is False  # delivered again: goes at once
+    # A wave of two where one never comes: the other goes after its timeout.
+    store.init(EX, 3, ["a", "b"], parallel=None, max_failures=None, offline=[])
+    assert store.first_wave(EX, 3) == ["a", "b"]
+    t0 = time.monotonic()
+    assert store.gather(EX, 3, 2, 0.3) is False
+    assert time.monotonic() - t0 >= 0.29

@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 F = RecordField
 
 HOST_OFFLINE_ERROR = "host offline"
+# How long one of a step's first hosts waits for the others to be ready (FanOutStore.gather):
+# what a busy or unreachable host can cost the others, at most.
+GATHER_S = 0.5
 NO_HOST_ERROR = "no online host matches targets"
 
 
@@ -185,6 +188,11 @@ def _run_host(ctx: _Step, reporter: Reporter, host: str, worker: str, stop: Task
             rt.fan_out.record_pids(execution_id, ctx.number, host, tree.pid, os.getpid())
 
     with renewed(renew, rt.settings.heartbeat_interval_s):
+        # The step's first hosts start together (FanOutStore.gather).
+        with contextlib.suppress(Exception):
+            wave = rt.fan_out.first_wave(execution_id, ctx.number)
+            if host in wave and len(wave) > 1:
+                rt.fan_out.gather(execution_id, ctx.number, len(wave), GATHER_S)
         reporter.host_start(step_id=step.step_id, step_number=ctx.number, attempt=1)
         supervision = Supervision(watch, lambda: cancel_confirmed_in(rt, execution_id), on_start)
         outcome = run_attempts(reporter, rt.settings, step, supervision)
