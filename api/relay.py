@@ -20,6 +20,7 @@ from api.store import Store
 from events.clients import async_redis_for
 from events.db.playbooks import PlaybookStore
 from events.db.query import History
+from events.db.tokens import TokenStore
 from events.keys import Keys
 from events.settings import Settings
 
@@ -62,6 +63,8 @@ class Relay:
     checks: tuple[HealthCheck, ...] = ()
     # Saved playbooks (CONTRACT §10), in the history database; None: there is none.
     playbooks: PlaybookStore | None = None
+    # Named API tokens (CONTRACT §9), in the history database; None: only CLOUDOPS_API_TOKENS.
+    tokens: TokenStore | None = None
     drops: DropLedger = field(init=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +78,7 @@ class Relay:
         options: RelayOptions,
         clients: RelayClients | None = None,
         history: History | None = None,
+        tokens: TokenStore | None = None,
     ) -> Relay:
         keys = Keys(settings.key_prefix)
         if clients is None:
@@ -82,15 +86,22 @@ class Relay:
         client = clients.redis
         hub = Hub(clients.hub, options)
         await hub.start()
-        auth = Authenticator(settings.api_tokens, client, keys, settings.stream_ticket_ttl_s)
+        auth = Authenticator(
+            settings.api_tokens,
+            client,
+            keys,
+            settings.stream_ticket_ttl_s,
+            store=tokens,
+            cache_ttl_s=settings.token_cache_ttl_s,
+        )
         if not auth.configured:
             log.warning(
-                "CLOUDOPS_API_TOKENS is empty: the relay refuses every data route until a token"
-                " is configured"
+                "CLOUDOPS_API_TOKENS is empty and there is no database for named tokens: the"
+                " relay refuses every data route until a token is configured"
             )
         slots = StreamSlots.from_settings(settings)
         store = Store(client, keys, history)
-        return cls(settings, options, dispatcher, client, hub, store, auth, slots)
+        return cls(settings, options, dispatcher, client, hub, store, auth, slots, tokens=tokens)
 
     async def stop(self) -> None:
         await self.drops.close()

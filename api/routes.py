@@ -6,14 +6,15 @@ from functools import partial
 from typing import Annotated, Any, cast
 
 import orjson
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
 from api import health, metrics
-from api.auth import ALL, Role
+from api.access import IdentityDep
+from api.auth import ALL
 from api.relay import Relay
 from api.schemas import (
     CancelResponse,
@@ -25,6 +26,7 @@ from api.schemas import (
     SubmitResponse,
     TicketRequest,
     TicketResponse,
+    WhoAmI,
     WorkerHost,
 )
 from events.db.errors import NoDatabaseError
@@ -54,29 +56,6 @@ def store_of(relay: Relay) -> PlaybookStore:
     return relay.playbooks
 
 
-async def require_token(
-    relay: RelayDep,
-    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-) -> str:
-    """The request's token id (401 without a valid token)."""
-    return relay.auth.check_token(creds.credentials if creds is not None else None)
-
-
-TokenDep = Annotated[str, Depends(require_token)]
-
-
-def require_role(role: Role) -> Any:
-    """A dependency: the token id, or 403 naming `role` when the token lacks it (CONTRACT §9;
-    every token has every role until issue 16, see api.auth.Authenticator.has_role)."""
-
-    async def check(relay: RelayDep, tid: TokenDep) -> str:
-        if not relay.auth.has_role(tid, role):
-            raise HTTPException(403, f"this needs the {role} role")
-        return tid
-
-    return Depends(check)
-
-
 # Errors are JSON on every route, text and event-stream routes included.
 _ERROR_JSON = {"application/json": {"schema": ErrorBody.model_json_schema()}}
 
@@ -87,11 +66,14 @@ def error_doc(description: str) -> dict[str, Any]:
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: error_doc("missing or invalid token"),
+    403: error_doc("the token lacks the role this needs (the detail names it)"),
     422: error_doc("bad input; the detail names the field"),
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: error_doc("unknown execution")}
 
-api = APIRouter(prefix="/api", dependencies=[Depends(require_token)], responses=ERRORS)
+# Every route's role is checked by api.access.authorize, in front of the whole app; the bearer
+# scheme here only describes the header in the OpenAPI document.
+api = APIRouter(prefix="/api", dependencies=[Depends(bearer_scheme)], responses=ERRORS)
 
 
 @api.post(
@@ -220,7 +202,6 @@ async def cancel_execution(execution_id: str, relay: RelayDep) -> Any:
     status_code=202,
     response_model=SubmitResponse,
     responses={**NOT_FOUND, 409: error_doc("still queued or running, or nothing to rerun")},
-    dependencies=[require_role(Role.OPERATOR)],
 )
 async def rerun_execution(
     execution_id: str,
@@ -251,25 +232,18 @@ async def list_workers(relay: RelayDep) -> Response:
     "/stream-tickets",
     status_code=201,
     response_model=TicketResponse,
-    responses={**NOT_FOUND, 403: error_doc("this token may not stream every execution")},
+    responses=NOT_FOUND,
 )
 async def create_stream_ticket(
-    body: TicketRequest,
-    relay: RelayDep,
-    response: Response,
-    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    body: TicketRequest, relay: RelayDep, response: Response, identity: IdentityDep
 ) -> Any:
     """A short-lived, single-use ticket for `?ticket=` on the SSE and WebSocket routes (browsers'
     EventSource and WebSocket cannot send an Authorization header), bound to one execution, or
     to every execution with `"*"`."""
-    tid = relay.auth.check_token(creds.credentials if creds is not None else None)
     scope = body.execution_id
-    if scope == ALL:
-        if not relay.auth.may_stream_all(tid):
-            raise HTTPException(403, "this token may not stream every execution")
-    elif await relay.store.stream_state(scope) is None:
+    if scope != ALL and await relay.store.stream_state(scope) is None:
         raise UnknownExecutionError(scope)
-    ticket = await relay.auth.issue_ticket(tid, scope)
+    ticket = await relay.auth.issue_ticket(identity, scope)
     # A ticket is a credential: no cache, no proxy may keep it.
     response.headers["Cache-Control"] = "no-store"
     response.headers["Pragma"] = "no-cache"
@@ -279,11 +253,19 @@ async def create_stream_ticket(
 ops = APIRouter()
 
 
+@api.get("/whoami", response_model=WhoAmI, response_model_exclude_none=True)
+async def whoami(identity: IdentityDep) -> Any:
+    """The token's name, role and queue scope (for the console to show and to hide what the
+    role may not do)."""
+    queues = None if identity.queues is None else sorted(identity.queues)
+    return WhoAmI(name=identity.name, role=identity.role, queues=queues)
+
+
 @ops.get(
     "/metrics",
-    dependencies=[Depends(require_token)],
+    dependencies=[Depends(bearer_scheme)],
     response_class=PlainTextResponse,
-    responses={401: ERRORS[401]},
+    responses={401: ERRORS[401], 403: ERRORS[403]},
 )
 async def get_metrics(relay: RelayDep) -> Response:
     """Prometheus text format."""

@@ -12,6 +12,7 @@ from events.errors import InvalidRequestError
 from events.models import MAX_TIMEOUT_S, ExecutionOptions
 from events.requests import command_playbook
 from events.rerun import RerunHosts
+from events.vocabulary import Role
 
 _CAMEL = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
@@ -281,3 +282,44 @@ class SavedPlaybookBody(PlaybookVersion):
     name: str
     yaml: str
     versions: list[PlaybookVersion]
+
+
+class WhoAmI(BaseModel):
+    """`GET /api/whoami`: the calling token (CONTRACT §9)."""
+
+    name: str
+    role: Role
+    queues: list[str] | None = Field(default=None, description="its queue scope; none: all")
+
+
+class TokenRequest(BaseModel):
+    """`POST /api/tokens`."""
+
+    model_config = _CAMEL
+
+    name: str = Field(description="letters, digits, '.', '_', '-'; at most 128")
+    role: Role
+    queues: list[str] | None = Field(
+        default=None, description="only executions whose every step runs on these queues"
+    )
+    expires_in_s: int | None = Field(default=None, gt=0, description="seconds; none: forever")
+
+
+class TokenInfo(BaseModel):
+    """A token as `GET /api/tokens` lists it: never its secret."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    name: str
+    role: Role
+    queues: list[str] | None
+    created_at: str
+    created_by: str | None
+    expires_at: str | None
+    revoked_at: str | None
+
+
+class TokenCreated(TokenInfo):
+    """`POST /api/tokens`' answer: the one time the secret is shown."""
+
+    secret: str = Field(description="the bearer token; shown once, stored only hashed")

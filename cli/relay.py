@@ -32,6 +32,7 @@ def relay_app(settings: Settings, options: RelayOptions | None = None) -> FastAP
         services=services,
         history=parts.history,
         playbooks=parts.playbooks,
+        tokens=parts.tokens,
         # /healthz names the broker when it does not answer (embedded mode has none).
         checks=[tasks] if isinstance(tasks, CeleryQueue) else [],
     )

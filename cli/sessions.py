@@ -12,6 +12,7 @@ from cli.wiring import Local, local
 from events.db.errors import NoDatabaseError
 from events.db.playbooks import PlaybookStore
 from events.db.search import SearchFilter
+from events.db.tokens import TokenStore
 from events.errors import InvalidRequestError, Problem, ProblemsError, UnknownExecutionError
 from events.hosts import HostRegistry
 from events.models import ExecutionOptions
@@ -19,7 +20,7 @@ from events.requests import REQUEST_SOURCE
 from events.rerun import RerunHosts, RerunSource
 from events.settings import Settings
 from events.subscriber import Follower
-from events.vocabulary import CommandType
+from events.vocabulary import CommandType, Role
 from events.wire import RawEvent
 from worker.embedded import ThreadQueue
 
@@ -41,6 +42,9 @@ class Session(Protocol):
     def save_playbook(self, name: str, text: str) -> tuple[dict[str, Any], bool]: ...
     def playbooks(self) -> list[dict[str, Any]]: ...
     def playbook(self, name: str, version: int | None = None) -> dict[str, Any]: ...
+    def create_token(self, body: dict[str, Any]) -> dict[str, Any]: ...
+    def tokens(self) -> list[dict[str, Any]]: ...
+    def revoke_token(self, name: str) -> None: ...
 
 
 def _options_from_body(body: dict[str, Any]) -> ExecutionOptions:
@@ -138,6 +142,26 @@ class LocalSession:
     def playbook(self, name: str, version: int | None = None) -> dict[str, Any]:
         return self._store.get(name, version).wire()
 
+    # Tokens straight in the database: whoever holds its URL is its admin already.
+    @property
+    def _tokens(self) -> TokenStore:
+        store = self.local.tokens
+        if store is None:
+            raise NoDatabaseError("API tokens")
+        return store
+
+    def create_token(self, body: dict[str, Any]) -> dict[str, Any]:
+        token, secret = self._tokens.create(
+            body["name"], Role(body["role"]), body.get("queues"), body.get("expiresInS")
+        )
+        return {**token.wire(), "secret": secret}
+
+    def tokens(self) -> list[dict[str, Any]]:
+        return [t.wire() for t in self._tokens.list()]
+
+    def revoke_token(self, name: str) -> None:
+        self._tokens.revoke(name)
+
 
 class RemoteSession:
     def __init__(self, url: str, token: str | None) -> None:
@@ -182,6 +206,15 @@ class RemoteSession:
 
     def playbook(self, name: str, version: int | None = None) -> dict[str, Any]:
         return self._client.playbook(name, version)
+
+    def create_token(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._client.create_token(body)
+
+    def tokens(self) -> list[dict[str, Any]]:
+        return self._client.tokens()
+
+    def revoke_token(self, name: str) -> None:
+        self._client.revoke_token(name)
 
 
 def _named(msg: str, source: str) -> str:

@@ -20,6 +20,7 @@ from cli import webhooks
 from cli.history import history_engine
 from events.db.playbooks import PlaybookStore
 from events.db.query import History
+from events.db.tokens import TokenStore
 from events.settings import Settings
 from worker.app import client_app
 from worker.dispatcher import Dispatcher
@@ -55,6 +56,11 @@ class Local:
         if self.engine is None:
             return None
         return PlaybookStore(self.engine, self.dispatcher.check_playbook)
+
+    @property
+    def tokens(self) -> TokenStore | None:
+        """Named API tokens (CONTRACT §9), in the history database."""
+        return None if self.engine is None else TokenStore(self.engine)
 
     @property
     def embedded(self) -> bool:

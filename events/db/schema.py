@@ -8,6 +8,7 @@ cost ~60 bytes of row overhead and an index entry per output chunk). `execution_
 host an execution touched, for `host=` searches.
 
 `saved_playbooks` (migration 0002): every version of every saved playbook (CONTRACT §10).
+`api_tokens` (migration 0003): the relay's named tokens (CONTRACT §9), their secrets hashed.
 
 A migration, not `metadata.create_all`, creates these in a database; tests/db check that the two
 agree. Tables that §9 and §10 will add (tokens, audit, schedules) live in the same database and
@@ -197,6 +198,24 @@ saved_playbooks = Table(
     # The saving token's name (CONTRACT §9); null until tokens have names.
     Column("created_by", String(255)),
     PrimaryKeyConstraint("name", "version"),
+)
+
+
+# One row per token ever created (CONTRACT §9): revoking sets `revoked_at` and keeps the row, so
+# a name is never reused and the audit log's actors stay unambiguous. Only the SHA-256 of the
+# secret is kept (events.db.tokens says why SHA-256 suffices); the secret itself never is.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("secret_sha256", String(64), nullable=False, unique=True, index=True),
+    Column("role", String(16), nullable=False),
+    # Comma-separated queue names; null: every queue.
+    Column("queues", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("created_by", String(255)),
+    Column("expires_at", UTCDateTime),
+    Column("revoked_at", UTCDateTime),
 )
 
 

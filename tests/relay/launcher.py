@@ -16,6 +16,7 @@ import os
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from api.access import PUBLIC, RULES
 from api.app import create_app
 from api.auth import token_id
 from api.options import RelayOptions
@@ -43,7 +44,14 @@ def make_app() -> FastAPI:
         fake = FakeDispatcher(settings)
         # With CLOUDOPS_DATABASE_URL, saved playbooks too (checked by the real loader).
         store = None if parts.engine is None else PlaybookStore(parts.engine, fake.check_playbook)
-        app = create_app(settings, fake, options=options, services=[reaper], playbooks=store)
+        app = create_app(
+            settings,
+            fake,
+            options=options,
+            services=[reaper],
+            playbooks=store,
+            tokens=parts.tokens,
+        )
     _add_revoke_route(app)
     return app
 
@@ -53,6 +61,9 @@ class _Revoke(BaseModel):
 
 
 def _add_revoke_route(app: FastAPI) -> None:
+    # Test-only, so not in the relay's own table (which refuses any route it does not name).
+    RULES["POST /test-only/revoke"] = PUBLIC
+
     @app.post("/test-only/revoke", include_in_schema=False)
     async def revoke(body: _Revoke) -> dict[str, str]:
         app.state.relay.auth.revoke(token_id(body.token))
