@@ -17,7 +17,9 @@ from fastapi import Depends, HTTPException
 from starlette.requests import HTTPConnection
 
 from api.auth import Grant, Identity, bearer_token
+from api.feed import Admit
 from api.relay import Relay
+from events.scope import outside
 from events.vocabulary import Role
 
 PUBLIC = None
@@ -103,6 +105,47 @@ async def authorize(conn: HTTPConnection) -> Identity | None:
     conn.state.grant = grant
     conn.state.identity = grant.identity
     return grant.identity
+
+
+def _scope_refusal(identity: Identity, bad: str) -> HTTPException:
+    allowed = ", ".join(sorted(identity.queues or ()))
+    return HTTPException(403, f"token {identity.name} is limited to queues {allowed}: not {bad}")
+
+
+def check_queues(identity: Identity, queues: frozenset[str] | None) -> None:
+    """403 naming the queue(s) of a new execution outside the token's scope."""
+    bad = outside(identity.queues, queues)
+    if bad is not None:
+        raise _scope_refusal(identity, bad)
+
+
+async def check_scope(relay: Relay, identity: Identity, execution_id: str) -> None:
+    """403 naming the queue when the execution runs on one outside the token's queues (an
+    unknown execution is the route's 404)."""
+    if identity.queues is None:
+        return
+    known, queues = await relay.queues.of(execution_id)
+    if known:
+        check_queues(identity, queues)
+
+
+async def may_see(relay: Relay, identity: Identity, execution_id: str) -> bool:
+    """Whether a list or a `*` stream shows this execution to the token."""
+    if identity.queues is None:
+        return True
+    known, queues = await relay.queues.of(execution_id)
+    return known and outside(identity.queues, queues) is None
+
+
+def admit_for(relay: Relay, identity: Identity) -> Admit | None:
+    """The filter of the token's `*` streams (None: it sees every execution)."""
+    if identity.queues is None:
+        return None
+
+    async def admit(execution_id: str) -> bool:
+        return await may_see(relay, identity, execution_id)
+
+    return admit
 
 
 def current_identity(identity: Annotated[Identity | None, Depends(authorize)]) -> Identity:

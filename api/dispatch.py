@@ -46,6 +46,13 @@ class Dispatcher(Protocol):
         the params of its runs are not known yet."""
         ...
 
+    def playbook_queues(
+        self, playbook: PlaybookSource, params: Params = None, *, source: str = REQUEST_SOURCE
+    ) -> frozenset[str] | None:
+        """The queues a run of this playbook would run on (events.scope.queues_of), checked
+        and rendered as a submit would, without submitting it."""
+        ...
+
     def cancel(self, execution_id: str) -> None:
         """Cancel a queued or running execution.
 

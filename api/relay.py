@@ -11,11 +11,12 @@ import redis.asyncio as aioredis
 from api.auth import Authenticator
 from api.dispatch import Dispatcher, HealthCheck
 from api.drops import DropLedger
-from api.feed import AllFeed, ExecutionFeed
+from api.feed import Admit, AllFeed, ExecutionFeed
 from api.hub import Hub
 from api.limits import StreamSlots
 from api.metrics import RelayMetrics
 from api.options import RelayOptions
+from api.scope import ExecutionQueues
 from api.store import Store
 from events.clients import async_redis_for
 from events.db.playbooks import PlaybookStore
@@ -66,9 +67,11 @@ class Relay:
     # Named API tokens (CONTRACT §9), in the history database; None: only CLOUDOPS_API_TOKENS.
     tokens: TokenStore | None = None
     drops: DropLedger = field(init=False)
+    queues: ExecutionQueues = field(init=False)
 
     def __post_init__(self) -> None:
         self.drops = DropLedger(self.store)
+        self.queues = ExecutionQueues(self.store, self.settings.default_queue)
 
     @classmethod
     async def start(
@@ -123,10 +126,11 @@ class Relay:
             tick_s=self._tick_s,
         )
 
-    def all_feed(self) -> AllFeed:
+    def all_feed(self, admit: Admit | None = None) -> AllFeed:
         return AllFeed(
             self.hub,
             self.store,
+            admit=admit,
             options=self.options,
             queue_events=self.settings.client_queue_events,
             tick_s=self._tick_s,

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
 from api import health, metrics
-from api.access import IdentityDep
+from api.access import IdentityDep, check_queues, check_scope, may_see
 from api.auth import ALL
 from api.relay import Relay
 from api.schemas import (
@@ -82,24 +82,42 @@ api = APIRouter(prefix="/api", dependencies=[Depends(bearer_scheme)], responses=
     response_model=SubmitResponse,
     responses={503: error_doc("the broker, or for playbookName the database, is unavailable")},
 )
-async def submit_execution(body: SubmitRequest, relay: RelayDep, response: Response) -> Any:
-    """Start a command (`aws_cli`, `script`) or a playbook; returns its execution id."""
+async def submit_execution(
+    body: SubmitRequest, relay: RelayDep, response: Response, identity: IdentityDep
+) -> Any:
+    """Start a command (`aws_cli`, `script`) or a playbook; returns its execution id. A token
+    limited to queues may start only what runs on them (403 naming the queue)."""
     dispatcher = relay.dispatcher
     body.check()
+    scoped = identity.queues is not None
     if isinstance(body, PlaybookRequest) and body.playbook_name is not None:
         saved = await run_in_threadpool(store_of(relay).for_run, body.playbook_name, body.version)
+        params = body.param_strings()
+        if scoped:
+            queues = await run_in_threadpool(
+                partial(dispatcher.playbook_queues, source=saved.source), saved.yaml, params
+            )
+            check_queues(identity, queues)
         execution_id = await run_in_threadpool(
             partial(dispatcher.submit_playbook, source=saved.source, saved=saved.ref),
             saved.yaml,
-            body.param_strings(),
+            params,
         )
     elif isinstance(body, PlaybookRequest):
+        if scoped:
+            queues = await run_in_threadpool(
+                dispatcher.playbook_queues, body.playbook, body.param_strings()
+            )
+            check_queues(identity, queues)
         execution_id = await run_in_threadpool(
             dispatcher.submit_playbook, body.playbook, body.param_strings()
         )
     elif (adhoc := body.as_playbook()) is not None:
+        if scoped:
+            check_queues(identity, await run_in_threadpool(dispatcher.playbook_queues, adhoc))
         execution_id = await run_in_threadpool(dispatcher.submit_playbook, adhoc)
     else:
+        check_queues(identity, frozenset({relay.settings.default_queue}))
         options = body.options.to_options() if body.options is not None else None
         execution_id = await run_in_threadpool(
             dispatcher.submit_command, body.command, body.command_type, options
@@ -117,6 +135,7 @@ async def submit_execution(body: SubmitRequest, relay: RelayDep, response: Respo
 async def list_executions(
     relay: RelayDep,
     request: Request,
+    identity: IdentityDep,
     status: str | None = None,
     command_type: Annotated[str | None, Query(alias="commandType")] = None,
     q: Annotated[
@@ -135,6 +154,9 @@ async def list_executions(
     # reads them from the query string, by the names it writes them under for `ls --remote`.
     filt = SearchFilter.from_query(request.query_params)
     records, next_cursor = await relay.store.search(filt, limit, cursor_key(cursor), cursor)
+    if identity.queues is not None:
+        # A queue-scoped token's page holds only its executions (a page may come out short).
+        records = [r for r in records if await may_see(relay, identity, r["executionId"])]
     headers = {NEXT_CURSOR: next_cursor} if next_cursor else {}
     return Response(orjson.dumps(records), media_type="application/json", headers=headers)
 
@@ -145,7 +167,8 @@ async def list_executions(
     response_model_exclude_none=True,
     responses=NOT_FOUND,
 )
-async def get_execution(execution_id: str, relay: RelayDep) -> Any:
+async def get_execution(execution_id: str, relay: RelayDep, identity: IdentityDep) -> Any:
+    await check_scope(relay, identity, execution_id)
     record = await relay.store.record(execution_id)
     if record is None:
         raise UnknownExecutionError(execution_id)
@@ -160,11 +183,13 @@ async def get_execution(execution_id: str, relay: RelayDep) -> Any:
 async def get_output(
     execution_id: str,
     relay: RelayDep,
+    identity: IdentityDep,
     host: Annotated[str | None, Query(description="only this host's output")] = None,
     step: Annotated[str | None, Query(description="only this step's output (its id)")] = None,
 ) -> Response:
     """The output so far: every execution_output chunk, in order, as plain text; with `host`
     and `step`, only the chunks of that host (of a fan-out step) and that step."""
+    await check_scope(relay, identity, execution_id)
     if await relay.store.stream_state(execution_id) is None:
         raise UnknownExecutionError(execution_id)
     return StreamingResponse(
@@ -178,9 +203,10 @@ async def get_output(
     response_model=list[Attempt],
     responses=NOT_FOUND,
 )
-async def get_notifications(execution_id: str, relay: RelayDep) -> Any:
+async def get_notifications(execution_id: str, relay: RelayDep, identity: IdentityDep) -> Any:
     """Each attempt at delivering the execution's webhook notifications (CONTRACT §10), oldest
     first; the webhooks' query strings are masked."""
+    await check_scope(relay, identity, execution_id)
     if await relay.store.record(execution_id) is None:
         raise UnknownExecutionError(execution_id)
     return [a.wire() for a in await relay.store.notifications(execution_id)]
@@ -192,7 +218,8 @@ async def get_notifications(execution_id: str, relay: RelayDep) -> Any:
     response_model=CancelResponse,
     responses={**NOT_FOUND, 409: error_doc("already ended")},
 )
-async def cancel_execution(execution_id: str, relay: RelayDep) -> Any:
+async def cancel_execution(execution_id: str, relay: RelayDep, identity: IdentityDep) -> Any:
+    await check_scope(relay, identity, execution_id)
     await run_in_threadpool(relay.dispatcher.cancel, execution_id)
     return CancelResponse(execution_id=execution_id)
 
@@ -207,11 +234,13 @@ async def rerun_execution(
     execution_id: str,
     relay: RelayDep,
     response: Response,
+    identity: IdentityDep,
     body: Annotated[RerunRequest | None, Body()] = None,
 ) -> Any:
     """Start a new execution of what of this ended one did not succeed (CONTRACT §7): from its
     first step that did not succeed, on that step's hosts that did not (`hosts: failed`, the
     default) or on all of them (`all`); its record names `rerunOf`."""
+    await check_scope(relay, identity, execution_id)
     source = await relay.store.rerun_source(execution_id)
     if source is None:
         raise UnknownExecutionError(execution_id)
@@ -243,6 +272,8 @@ async def create_stream_ticket(
     scope = body.execution_id
     if scope != ALL and await relay.store.stream_state(scope) is None:
         raise UnknownExecutionError(scope)
+    if scope != ALL:
+        await check_scope(relay, identity, scope)
     ticket = await relay.auth.issue_ticket(identity, scope)
     # A ticket is a credential: no cache, no proxy may keep it.
     response.headers["Cache-Control"] = "no-store"

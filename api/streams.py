@@ -8,7 +8,7 @@ import redis
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
 
-from api.access import forbid_unless, required_role, rule_key
+from api.access import admit_for, check_scope, forbid_unless, required_role, rule_key
 from api.auth import ALL, AuthError, Grant, Role
 from api.limits import TooManyStreams, client_address
 from api.routes import ERRORS, NOT_FOUND, RelayDep, bearer_scheme, get_relay
@@ -78,6 +78,7 @@ async def execution_events(
     state = await relay.store.stream_state(execution_id)
     if state is None:
         raise UnknownExecutionError(execution_id)
+    await check_scope(relay, grant.identity, execution_id)
     if state.complete_id is not None and start >= state.complete_id:
         # 204 tells EventSource not to reconnect: there is nothing more to come.
         return Response(status_code=204)
@@ -89,7 +90,8 @@ async def execution_events(
 async def all_events(relay: RelayDep, request: Request, ticket: TicketQuery = None) -> Response:
     """Every event of every execution, live (no replay)."""
     grant = _grant(request, ALL)
-    return EventStreamResponse(relay, relay.all_feed(), grant, client_address(request.scope))
+    feed = relay.all_feed(admit_for(relay, grant.identity))
+    return EventStreamResponse(relay, feed, grant, client_address(request.scope))
 
 
 ws_router = APIRouter()

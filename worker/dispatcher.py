@@ -16,6 +16,7 @@ from events.lifecycle import Reporter
 from events.models import ExecutionOptions, utc_now
 from events.requests import REQUEST_SOURCE, Params, PlaybookSource, SavedRef
 from events.rerun import RerunHosts, RerunSource, plan_rerun
+from events.scope import queues_of
 from events.settings import Settings
 from events.vocabulary import CommandType, Outcome, RecordField, Status
 from worker.commands import command_type_named, validate_command
@@ -23,7 +24,7 @@ from worker.finish import finish
 from worker.playbook.ending import playbook_output_tail
 from worker.playbook.loading import check_for_saving
 from worker.playbook.rerun import rerun_spec
-from worker.playbook.run import queue_run, submit_playbook
+from worker.playbook.run import prepare_playbook, queue_run, submit_playbook
 from worker.runner import cancel_unstarted
 from worker.runtime import Runtime
 from worker.taskqueue import TaskQueue
@@ -115,6 +116,16 @@ class Dispatcher:
 
     def check_playbook(self, playbook: str, source: str) -> None:
         check_for_saving(playbook, source)
+
+    def playbook_queues(
+        self,
+        playbook: PlaybookSource,
+        params: Params = None,
+        *,
+        source: str = REQUEST_SOURCE,
+    ) -> frozenset[str] | None:
+        spec = prepare_playbook(playbook, params, source=source).spec()
+        return queues_of(spec, self.settings.default_queue)
 
     def _not_queued(self, execution_id: str, error: BrokerUnavailableError) -> None:
         """The record exists but its task could not be sent: end it (`failed`) rather than
