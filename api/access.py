@@ -53,6 +53,7 @@ RULES: dict[str, Role | None] = {
     "POST /api/tokens": ADMIN,
     "GET /api/tokens": ADMIN,
     "DELETE /api/tokens/{name}": ADMIN,
+    "GET /api/audit": ADMIN,
 }
 
 # The stream routes, where a browser's `?ticket=` stands in for the Authorization header.
@@ -101,9 +102,9 @@ async def authorize(conn: HTTPConnection) -> Identity | None:
         grant = await relay.auth.check_stream(header, conn.query_params.get("ticket"))
     else:
         grant = Grant(await relay.auth.authenticate(bearer_token(header)))
-    forbid_unless(grant.identity, role)
     conn.state.grant = grant
-    conn.state.identity = grant.identity
+    conn.state.identity = grant.identity  # before the 403 too: the audit log names the actor
+    forbid_unless(grant.identity, role)
     return grant.identity
 
 

@@ -22,6 +22,8 @@ from fastapi.staticfiles import StaticFiles
 
 from api import errors
 from api.access import authorize
+from api.audit import AuditMiddleware
+from api.audit_routes import audit_router
 from api.auth import install_log_redaction
 from api.dispatch import Dispatcher, HealthCheck, Service
 from api.headers import SecurityHeaders
@@ -32,6 +34,7 @@ from api.relay import Relay, RelayClients
 from api.routes import api, ops
 from api.streams import streams, ws_router
 from api.tokens import tokens_router
+from events.db.audit import AuditLog
 from events.db.playbooks import PlaybookStore
 from events.db.query import History
 from events.db.search import NEXT_CURSOR
@@ -55,13 +58,15 @@ def create_app(
     history: History | None = None,
     playbooks: PlaybookStore | None = None,
     tokens: TokenStore | None = None,
+    audit: AuditLog | None = None,
 ) -> FastAPI:
     """The relay. `clients` are its async Redis clients (default: from the settings' Redis);
     `services` run for the relay's lifetime (started after it, stopped before it); `checks`
     are what /healthz checks besides Redis (the broker); `history` the database the relay reads
     an execution from once Redis forgot it; `playbooks` the saved playbooks (in that database:
     without one, their routes answer 503); `tokens` the named API tokens (same database; without
-    one only CLOUDOPS_API_TOKENS exist)."""
+    one only CLOUDOPS_API_TOKENS exist); `audit` the audit log (same database; without one
+    nothing is recorded)."""
     if clients is None and settings.embedded:
         raise ConfigError("the relay needs Redis: set CLOUDOPS_REDIS_URL")
     opts = options or RelayOptions()
@@ -69,7 +74,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        relay = await Relay.start(settings, dispatcher, opts, clients, history, tokens)
+        relay = await Relay.start(settings, dispatcher, opts, clients, history, tokens, audit)
         relay.checks = tuple(checks)
         relay.playbooks = playbooks
         app.state.relay = relay
@@ -100,6 +105,8 @@ def create_app(
     app.add_exception_handler(RecursionError, nesting_refused)
     # Outermost last: CORS, then the security headers, then the body limit, then the routes.
     app.add_middleware(BodyLimit, settings=settings)
+    # Outside the body limit: its 401s before the body is read are audited too.
+    app.add_middleware(AuditMiddleware)
     app.add_middleware(SecurityHeaders)
     if settings.cors_origins:
         app.add_middleware(
@@ -114,6 +121,7 @@ def create_app(
     app.include_router(api)
     app.include_router(playbooks_router)
     app.include_router(tokens_router)
+    app.include_router(audit_router)
     app.include_router(streams)
     app.include_router(ws_router)
     app.include_router(ops)

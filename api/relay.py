@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
+from api.audit import AuditWriter
 from api.auth import Authenticator
 from api.dispatch import Dispatcher, HealthCheck
 from api.drops import DropLedger
@@ -19,6 +20,7 @@ from api.options import RelayOptions
 from api.scope import ExecutionQueues
 from api.store import Store
 from events.clients import async_redis_for
+from events.db.audit import AuditLog
 from events.db.playbooks import PlaybookStore
 from events.db.query import History
 from events.db.tokens import TokenStore
@@ -66,6 +68,8 @@ class Relay:
     playbooks: PlaybookStore | None = None
     # Named API tokens (CONTRACT §9), in the history database; None: only CLOUDOPS_API_TOKENS.
     tokens: TokenStore | None = None
+    # The audit log's writer (api.audit), in the same database; None: nothing is recorded.
+    audit: AuditWriter | None = None
     drops: DropLedger = field(init=False)
     queues: ExecutionQueues = field(init=False)
 
@@ -82,6 +86,7 @@ class Relay:
         clients: RelayClients | None = None,
         history: History | None = None,
         tokens: TokenStore | None = None,
+        audit: AuditLog | None = None,
     ) -> Relay:
         keys = Keys(settings.key_prefix)
         if clients is None:
@@ -104,9 +109,15 @@ class Relay:
             )
         slots = StreamSlots.from_settings(settings)
         store = Store(client, keys, history)
-        return cls(settings, options, dispatcher, client, hub, store, auth, slots, tokens=tokens)
+        relay = cls(settings, options, dispatcher, client, hub, store, auth, slots, tokens=tokens)
+        if audit is not None:
+            relay.audit = AuditWriter(audit)
+            relay.audit.start()
+        return relay
 
     async def stop(self) -> None:
+        if self.audit is not None:
+            await self.audit.stop()
         await self.drops.close()
         await self.hub.stop()
         await self.redis.aclose()

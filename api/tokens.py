@@ -47,7 +47,11 @@ async def create_token(body: TokenRequest, relay: RelayDep, identity: IdentityDe
         status_code=201,
         media_type="application/json",
         # A secret: no cache, no proxy may keep it.
-        headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+        headers={
+            "Cache-Control": "no-store",
+            "Pragma": "no-cache",
+            "Location": f"/api/tokens/{token.name}",
+        },
     )
 
 

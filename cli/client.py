@@ -136,6 +136,15 @@ class RelayClient:
             raise UnknownTokenError(name)
         self._check(resp)
 
+    def audit(
+        self, filters: Mapping[str, str], limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        params: dict[str, Any] = {**filters, "limit": limit}
+        if cursor:
+            params["cursor"] = cursor
+        resp = self._request("GET", "/api/audit", params=params)
+        return list(self._check(resp)), resp.headers.get("X-Next-Cursor")
+
     def follow(self, execution_id: str, after: int = 0) -> Iterator[RawEvent]:
         """Events after `after` until execution_complete; reconnects and resumes by itself."""
         last = after

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from cli.client import RelayClient
 from cli.history import archive_now, search, stored_events
 from cli.wiring import Local, local
+from events.db.audit import parse_since
 from events.db.errors import NoDatabaseError
 from events.db.playbooks import PlaybookStore
 from events.db.search import SearchFilter
@@ -45,6 +46,9 @@ class Session(Protocol):
     def create_token(self, body: dict[str, Any]) -> dict[str, Any]: ...
     def tokens(self) -> list[dict[str, Any]]: ...
     def revoke_token(self, name: str) -> None: ...
+    def audit(
+        self, filters: dict[str, str], limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]: ...
 
 
 def _options_from_body(body: dict[str, Any]) -> ExecutionOptions:
@@ -162,6 +166,16 @@ class LocalSession:
     def revoke_token(self, name: str) -> None:
         self._tokens.revoke(name)
 
+    def audit(
+        self, filters: dict[str, str], limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        log = self.local.audit
+        if log is None:
+            raise NoDatabaseError("the audit log")
+        since = parse_since(filters.get("since"))
+        actor, action = filters.get("actor"), filters.get("action")
+        return log.page(actor=actor, action=action, since=since, limit=limit, cursor=cursor)
+
 
 class RemoteSession:
     def __init__(self, url: str, token: str | None) -> None:
@@ -215,6 +229,11 @@ class RemoteSession:
 
     def revoke_token(self, name: str) -> None:
         self._client.revoke_token(name)
+
+    def audit(
+        self, filters: dict[str, str], limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        return self._client.audit(filters, limit, cursor)
 
 
 def _named(msg: str, source: str) -> str:

@@ -1,5 +1,6 @@
-"""`cloudops token create|ls|revoke`: named API tokens (CONTRACT §9), through the relay with
-`--remote` (or CLOUDOPS_API_URL; an admin's token), else in this process's history database."""
+"""`cloudops token create|ls|revoke` and `cloudops audit`: named API tokens and the audit log
+(CONTRACT §9), through the relay with `--remote` (or CLOUDOPS_API_URL; an admin's token), else
+in this process's history database."""
 
 from __future__ import annotations
 
@@ -86,3 +87,34 @@ def revoke(name: str, remote: Annotated[str | None, typer.Option("--remote")] = 
     except CloudOpsError as e:
         raise _fail(str(e)) from e
     sys.stderr.write(f"[cloudops] token {name} revoked\n")
+
+
+def _audit_line(e: dict[str, Any]) -> str:
+    target = e["target"] or "-"
+    return (
+        f"{e['at']:<27}  {e['actor']:<16}  {e['action']:<24}  {target:<26}  "
+        f"{e['outcome']:<15}  {e['status']}  {e['client']}"
+    )
+
+
+def audit(
+    actor: Annotated[str | None, typer.Option("--actor", help="a token's name")] = None,
+    action: Annotated[str | None, typer.Option("--action", help="start, cancel, ...")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="RFC 3339")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 50,
+    cursor: Annotated[str | None, typer.Option("--cursor", help="from a previous page")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one object per line")] = False,
+    remote: Annotated[str | None, typer.Option("--remote")] = None,
+) -> None:
+    """The audit log, newest first: who started, cancelled, reran, made or revoked what, and
+    every refused request."""
+    filters = {"actor": actor, "action": action, "since": since}
+    try:
+        rows, next_cursor = open_session(_settings(), remote).audit(
+            {k: v for k, v in filters.items() if v is not None}, limit, cursor
+        )
+    except CloudOpsError as e:
+        raise _fail(str(e)) from e
+    print_list(rows, as_json=as_json, text=lines_of(_audit_line))
+    if next_cursor:
+        sys.stderr.write(f"[cloudops] more: --cursor {next_cursor}\n")

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from api.relay import RelayClients
 from cli import webhooks
 from cli.history import history_engine
+from events.db.audit import AuditLog
 from events.db.playbooks import PlaybookStore
 from events.db.query import History
 from events.db.tokens import TokenStore
@@ -61,6 +62,11 @@ class Local:
     def tokens(self) -> TokenStore | None:
         """Named API tokens (CONTRACT §9), in the history database."""
         return None if self.engine is None else TokenStore(self.engine)
+
+    @property
+    def audit(self) -> AuditLog | None:
+        """The audit log (CONTRACT §9), in the history database."""
+        return None if self.engine is None else AuditLog(self.engine)
 
     @property
     def embedded(self) -> bool:

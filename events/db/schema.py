@@ -9,6 +9,8 @@ host an execution touched, for `host=` searches.
 
 `saved_playbooks` (migration 0002): every version of every saved playbook (CONTRACT §10).
 `api_tokens` (migration 0003): the relay's named tokens (CONTRACT §9), their secrets hashed.
+`audit_log` (migration 0004): who did what (CONTRACT §9); the execution retention never
+touches it.
 
 A migration, not `metadata.create_all`, creates these in a database; tests/db check that the two
 agree. Tables that §9 and §10 will add (tokens, audit, schedules) live in the same database and
@@ -216,6 +218,23 @@ api_tokens = Table(
     Column("created_by", String(255)),
     Column("expires_at", UTCDateTime),
     Column("revoked_at", UTCDateTime),
+)
+
+
+# One row per audited request (CONTRACT §9), numbered in the order written: the id is the
+# listing's cursor. Never pruned with the executions.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    # SQLite numbers rows itself only for an INTEGER primary key.
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("at", UTCDateTime, nullable=False, index=True),
+    Column("actor", String(255), nullable=False, index=True),
+    Column("action", String(64), nullable=False, index=True),
+    Column("target", String(255)),
+    Column("outcome", String(32), nullable=False),
+    Column("status", SmallInteger, nullable=False),
+    Column("client", String(255), nullable=False),
 )
 
 

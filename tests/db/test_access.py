@@ -21,10 +21,10 @@ from websockets.sync.client import connect
 
 from api.access import PUBLIC, RULES, rule_key
 from api.app import create_app
-from events.db.engine import make_engine
 from events.db.schema import api_tokens
 from events.settings import Settings
 from events.vocabulary import Role
+from tests.db.pg import empty_tables
 from tests.relay.fake_dispatch import FakeDispatcher
 from tests.relay.helpers import RelayProcess, start_relay
 
@@ -76,10 +76,7 @@ def test_every_route_has_the_rule_the_contract_gives(settings: Settings) -> None
 
 @pytest.fixture
 def relay(settings: Settings, tmp_path: Path, pg_url: str) -> Iterator[RelayProcess]:
-    engine = make_engine(pg_url)
-    with engine.begin() as conn:
-        conn.execute(api_tokens.delete())
-    engine.dispose()
+    empty_tables(pg_url, api_tokens)
     env = {"CLOUDOPS_DATABASE_URL": pg_url}
     r = start_relay(settings, tmp_path / "relay.log", tokens=(ADMIN_ENV,), env=env)
     yield r

@@ -19,10 +19,10 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from events.db.engine import make_engine
 from events.db.schema import api_tokens
 from events.settings import Settings
 from tests.conftest import StartWorker
+from tests.db.pg import empty_tables
 from tests.helpers import wait_until
 from tests.relay.helpers import RelayProcess, sse_events, start_relay
 
@@ -43,10 +43,7 @@ def _playbook(name: str, *queues: str) -> dict[str, Any]:
 def relay(
     settings: Settings, tmp_path: Path, pg_url: str, start_worker: StartWorker
 ) -> Iterator[RelayProcess]:
-    engine = make_engine(pg_url)
-    with engine.begin() as conn:
-        conn.execute(api_tokens.delete())
-    engine.dispose()
+    empty_tables(pg_url, api_tokens)
     start_worker(queues="web,db", concurrency=4)
     env = {"RELAY_TEST_DISPATCHER": "celery", "CLOUDOPS_DATABASE_URL": pg_url}
     r = start_relay(settings, tmp_path / "relay.log", tokens=(ADMIN,), env=env)

@@ -19,10 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
-from events.db.engine import make_engine
 from events.db.schema import api_tokens
 from events.settings import Settings
-from tests.db.pg import PG_ADMIN_URL
+from tests.db.pg import PG_ADMIN_URL, empty_tables
 from tests.helpers import run_cloudops, venv_path_env, wait_until
 from tests.relay.helpers import RelayProcess, start_relay
 
@@ -34,10 +33,7 @@ ENV_TOKENS = ("tok-env-one-" + os.urandom(8).hex(), "tok-env-two-" + os.urandom(
 @pytest.fixture
 def relays(settings: Settings, tmp_path: Path, pg_url: str) -> Iterator[list[RelayProcess]]:
     """Two relays on one Redis and one database, as a fleet's relays are; no token yet."""
-    engine = make_engine(pg_url)
-    with engine.begin() as conn:
-        conn.execute(api_tokens.delete())
-    engine.dispose()
+    empty_tables(pg_url, api_tokens)
     env = {"CLOUDOPS_DATABASE_URL": pg_url}
     started = [
         start_relay(settings, tmp_path / f"relay{i}.log", tokens=ENV_TOKENS, env=env)

@@ -51,6 +51,7 @@ def make_app() -> FastAPI:
             services=[reaper],
             playbooks=store,
             tokens=parts.tokens,
+            audit=parts.audit,
         )
     _add_revoke_route(app)
     return app
