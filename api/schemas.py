@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, WithJsonS
 from pydantic.alias_generators import to_camel
 
 from events.db.playbooks import MAX_VERSION
+from events.db.tokens import MAX_EXPIRES_IN_S
 from events.errors import InvalidRequestError
 from events.models import MAX_TIMEOUT_S, ExecutionOptions
 from events.requests import command_playbook
@@ -302,7 +303,9 @@ class TokenRequest(BaseModel):
     queues: list[str] | None = Field(
         default=None, description="only executions whose every step runs on these queues"
     )
-    expires_in_s: int | None = Field(default=None, gt=0, description="seconds; none: forever")
+    expires_in_s: int | None = Field(
+        default=None, gt=0, le=MAX_EXPIRES_IN_S, description="seconds; none: forever"
+    )
 
 
 class TokenInfo(BaseModel):

@@ -34,6 +34,10 @@ from events.vocabulary import Role
 # A prefix says what the string is (secret scanners match it); the rest is 256 random bits.
 SECRET_PREFIX = "cot_"
 QUEUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,199}")
+# The names CLOUDOPS_API_TOKENS' tokens go by: one name, one token, in the audit log too.
+ENV_NAME_RE = re.compile(r"env-\d+")
+# Ten years: any longer is "never" (and past what a datetime can add).
+MAX_EXPIRES_IN_S = 10 * 366 * 86400
 
 
 def secret_digest(secret: str) -> str:
@@ -112,9 +116,15 @@ class TokenStore:
     ) -> tuple[StoredToken, str]:
         """A new token and its secret (the only time the secret exists outside its holder)."""
         check_name(name)
+        if ENV_NAME_RE.fullmatch(name):
+            raise InvalidRequestError(
+                "name", f"{name!r} is the name of a CLOUDOPS_API_TOKENS token"
+            )
         scope = check_queues(queues)
-        if expires_in_s is not None and expires_in_s <= 0:
-            raise InvalidRequestError("expiresInS", "must be a positive number of seconds")
+        if expires_in_s is not None and not 0 < expires_in_s <= MAX_EXPIRES_IN_S:
+            raise InvalidRequestError(
+                "expiresInS", f"must be a number of seconds from 1 to {MAX_EXPIRES_IN_S}"
+            )
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
         now = datetime.now(UTC)
         expires = None if expires_in_s is None else now + timedelta(seconds=expires_in_s)

@@ -123,6 +123,8 @@ def test_bad_input_names_the_field(relays: list[RelayProcess]) -> None:
                 {"name": "ok", "role": "viewer", "expiresInS": 0},
                 "expiresInS: must be a positive integer",
             ),
+            ({"name": "ok", "role": "viewer", "expiresInS": 10**26}, "expiresInS: must be at most"),
+            ({"name": "env-1", "role": "viewer"}, "name: 'env-1' is the name of a CLOUDOPS_API"),
             ({"name": "ok", "role": "viewer", "secret": "mine"}, "secret: unknown field"),
         ]
         for body, detail in cases:
