@@ -15,12 +15,15 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from api import errors
+from api.access import authorize
+from api.audit import AuditMiddleware
+from api.audit_routes import audit_router
 from api.auth import install_log_redaction
 from api.dispatch import Dispatcher, HealthCheck, Service
 from api.headers import SecurityHeaders
@@ -31,10 +34,13 @@ from api.relay import Relay, RelayClients
 from api.routes import api, ops
 from api.schedules import schedules_router
 from api.streams import streams, ws_router
+from api.tokens import tokens_router
+from events.db.audit import AuditLog
 from events.db.playbooks import PlaybookStore
 from events.db.query import History
 from events.db.schedules import ScheduleStore
 from events.db.search import NEXT_CURSOR
+from events.db.tokens import TokenStore
 from events.errors import ConfigError
 from events.settings import Settings
 
@@ -54,12 +60,17 @@ def create_app(
     history: History | None = None,
     playbooks: PlaybookStore | None = None,
     schedules: ScheduleStore | None = None,
+    tokens: TokenStore | None = None,
+    audit: AuditLog | None = None,
 ) -> FastAPI:
     """The relay. `clients` are its async Redis clients (default: from the settings' Redis);
     `services` run for the relay's lifetime (started after it, stopped before it); `checks`
     are what /healthz checks besides Redis (the broker); `history` the database the relay reads
     an execution from once Redis forgot it; `playbooks` the saved playbooks (in that database:
-    without one, their routes answer 503), `schedules` the schedules (likewise)."""
+    without one, their routes answer 503), `schedules` the schedules (likewise);
+    `tokens` the named API tokens (same database; without
+    one only CLOUDOPS_API_TOKENS exist); `audit` the audit log (same database; without one
+    nothing is recorded)."""
     if clients is None and settings.embedded:
         raise ConfigError("the relay needs Redis: set CLOUDOPS_REDIS_URL")
     opts = options or RelayOptions()
@@ -67,7 +78,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        relay = await Relay.start(settings, dispatcher, opts, clients, history)
+        relay = await Relay.start(settings, dispatcher, opts, clients, history, tokens, audit)
         relay.checks = tuple(checks)
         relay.playbooks = playbooks
         relay.schedules = schedules
@@ -92,11 +103,15 @@ def create_app(
         # commands. The spec stays at /openapi.json for any viewer you trust.
         docs_url=None,
         redoc_url=None,
+        # Every route's role, checked in one place (api.access.RULES).
+        dependencies=[Depends(authorize)],
     )
     errors.install(app)
     app.add_exception_handler(RecursionError, nesting_refused)
     # Outermost last: CORS, then the security headers, then the body limit, then the routes.
     app.add_middleware(BodyLimit, settings=settings)
+    # Outside the body limit: its 401s before the body is read are audited too.
+    app.add_middleware(AuditMiddleware)
     app.add_middleware(SecurityHeaders)
     if settings.cors_origins:
         app.add_middleware(
@@ -111,6 +126,8 @@ def create_app(
     app.include_router(api)
     app.include_router(playbooks_router)
     app.include_router(schedules_router)
+    app.include_router(tokens_router)
+    app.include_router(audit_router)
     app.include_router(streams)
     app.include_router(ws_router)
     app.include_router(ops)

@@ -7,9 +7,10 @@ only reads what they publish.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
-from events.db.playbooks import PlaybookStore
+from events.db.playbooks import PlaybookStore, SavedPlaybook
 from events.models import ExecutionOptions
 from events.requests import REQUEST_SOURCE, Params, PlaybookSource, SavedRef, ScheduledTick
 from events.rerun import RerunHosts, RerunSource
@@ -59,6 +60,13 @@ class Dispatcher(Protocol):
         the params of its runs are not known yet."""
         ...
 
+    def playbook_queues(
+        self, playbook: PlaybookSource, params: Params = None, *, source: str = REQUEST_SOURCE
+    ) -> frozenset[str] | None:
+        """The queues a run of this playbook would run on (events.scope.queues_of), checked
+        and rendered as a submit would, without submitting it."""
+        ...
+
     def cancel(self, execution_id: str) -> None:
         """Cancel a queued or running execution.
 
@@ -77,11 +85,15 @@ def start_saved(
     version: int | None = None,
     submitted_by: str | None = None,
     schedule: ScheduledTick | None = None,
+    check: Callable[[SavedPlaybook], None] | None = None,
 ) -> str:
     """Start saved playbook `name` (its latest version, or `version`): the one way a run by
     name starts, from the relay, the CLI without one, and a schedule's tick (blocking: the
-    database, then the dispatcher)."""
+    database, then the dispatcher). `check` may refuse the version found, by raising (the
+    relay's queue scope)."""
     saved = store.for_run(name, version)
+    if check is not None:
+        check(saved)
     return dispatcher.submit_playbook(
         saved.yaml,
         params,

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 
 from api.auth import AuthError
 from api.schemas import COMMAND_TYPES
-from events.db.errors import NO_DATABASE, DatabaseUnavailableError, NoDatabaseError
+from events.db.errors import DatabaseUnavailableError, NoDatabaseError
 from events.errors import (
     BrokerUnavailableError,
     BusError,
@@ -27,6 +27,7 @@ from events.errors import (
     UnknownExecutionError,
     UnknownPlaybookError,
     UnknownScheduleError,
+    UnknownTokenError,
 )
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ async def _unknown(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _no_database(_: Request, exc: Exception) -> JSONResponse:
-    return _json(503, NO_DATABASE)
+    return _json(503, str(exc))
 
 
 async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
@@ -168,6 +169,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(UnknownExecutionError, _unknown)
     app.add_exception_handler(UnknownPlaybookError, _unknown)
     app.add_exception_handler(UnknownScheduleError, _unknown)
+    app.add_exception_handler(UnknownTokenError, _unknown)
     app.add_exception_handler(NoDatabaseError, _no_database)
     app.add_exception_handler(DatabaseUnavailableError, _database_unavailable)
     app.add_exception_handler(ExecutionEndedError, _ended)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import orjson
 import redis
@@ -32,6 +32,8 @@ from events.wire import RawEvent
 log = logging.getLogger(__name__)
 
 _REDIS_ERRORS = (redis.RedisError, OSError)
+# Whether an execution's events may go to this client (a queue-scoped token's `*` stream).
+Admit = Callable[[str], Awaitable[bool]]
 _MIN_PAGE, _MAX_PAGE = 16, 1000
 
 
@@ -237,11 +239,14 @@ class AllFeed(_Feed):
         store: Store,
         *,
         options: RelayOptions,
+        admit: Admit | None = None,
         queue_events: int = 1024,
         tick_s: float = 1.0,
         track_executions: int = 10_000,
     ) -> None:
         channel = store.keys.channel_all()
+        # Which executions this client may see (a queue-scoped token); None: every one.
+        self._admit = admit
         super().__init__(hub, store, channel, options=options, queue_events=queue_events)
         self._tick_s = tick_s
         self._track = track_executions
@@ -304,6 +309,8 @@ class AllFeed(_Feed):
                     try:
                         ex = execution_id_of(ev)
                     except (ValueError, KeyError, TypeError):
+                        continue
+                    if self._admit is not None and not await self._admit(ex):
                         continue
                     prev = self._last.get(ex)
                     if prev is not None and ev.id > prev + 1:

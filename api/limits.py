@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import AuthError, bearer_token
+from events.errors import CloudOpsError
 from events.settings import Settings
 
 TRANSPORT_KEY = "cloudops.transport"
@@ -104,7 +105,7 @@ class BodyLimit:
         if length is None and not chunked:
             await self.app(scope, receive, send)
             return
-        refusal = self._precheck(scope, headers, length)
+        refusal = await self._precheck(scope, headers, length)
         if refusal is not None:
             await refusal(scope, receive, send)
             return
@@ -114,7 +115,7 @@ class BodyLimit:
             return
         await self.app(scope, _replay(body, receive), send)
 
-    def _precheck(
+    async def _precheck(
         self, scope: Scope, headers: dict[bytes, bytes], length: bytes | None
     ) -> JSONResponse | None:
         if length is not None:
@@ -128,7 +129,7 @@ class BodyLimit:
                 REFUSALS.refuse("body_too_large")
                 return self._too_large()
         if str(scope.get("path", "")).startswith(_TOKEN_PREFIXES):
-            return _token_refusal(scope, headers)
+            return await _token_refusal(scope, headers)
         return None
 
     def _too_large(self) -> JSONResponse:
@@ -157,7 +158,7 @@ class BodyLimit:
             return b"", _answer(408, detail)
 
 
-def _token_refusal(scope: Scope, headers: dict[bytes, bytes]) -> JSONResponse | None:
+async def _token_refusal(scope: Scope, headers: dict[bytes, bytes]) -> JSONResponse | None:
     """A 401 for a body on a data route without a valid token, before the body is read. The
     app checks again (this only spares the read)."""
     relay = getattr(getattr(scope.get("app"), "state", None), "relay", None)
@@ -165,9 +166,11 @@ def _token_refusal(scope: Scope, headers: dict[bytes, bytes]) -> JSONResponse | 
         return None
     raw = headers.get(b"authorization")
     try:
-        relay.auth.check_token(bearer_token(raw.decode("latin-1") if raw else None))
+        await relay.auth.authenticate(bearer_token(raw.decode("latin-1") if raw else None))
     except AuthError as e:
         return _answer(401, e.detail, {"WWW-Authenticate": "Bearer"})
+    except CloudOpsError:
+        return None  # the database does not answer: the app says so (503)
     return None
 
 

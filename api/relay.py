@@ -8,19 +8,23 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
+from api.audit import AuditWriter
 from api.auth import Authenticator
 from api.dispatch import Dispatcher, HealthCheck
 from api.drops import DropLedger
-from api.feed import AllFeed, ExecutionFeed
+from api.feed import Admit, AllFeed, ExecutionFeed
 from api.hub import Hub
 from api.limits import StreamSlots
 from api.metrics import RelayMetrics
 from api.options import RelayOptions
+from api.scope import ExecutionQueues
 from api.store import Store
 from events.clients import async_redis_for
+from events.db.audit import AuditLog
 from events.db.playbooks import PlaybookStore
 from events.db.query import History
 from events.db.schedules import ScheduleStore
+from events.db.tokens import TokenStore
 from events.keys import Keys
 from events.settings import Settings
 
@@ -65,10 +69,16 @@ class Relay:
     playbooks: PlaybookStore | None = None
     # Schedules (CONTRACT §10), in the same database; None: there is none.
     schedules: ScheduleStore | None = None
+    # Named API tokens (CONTRACT §9), in the history database; None: only CLOUDOPS_API_TOKENS.
+    tokens: TokenStore | None = None
+    # The audit log's writer (api.audit), in the same database; None: nothing is recorded.
+    audit: AuditWriter | None = None
     drops: DropLedger = field(init=False)
+    queues: ExecutionQueues = field(init=False)
 
     def __post_init__(self) -> None:
         self.drops = DropLedger(self.store)
+        self.queues = ExecutionQueues(self.store, self.settings.default_queue)
 
     @classmethod
     async def start(
@@ -78,6 +88,8 @@ class Relay:
         options: RelayOptions,
         clients: RelayClients | None = None,
         history: History | None = None,
+        tokens: TokenStore | None = None,
+        audit: AuditLog | None = None,
     ) -> Relay:
         keys = Keys(settings.key_prefix)
         if clients is None:
@@ -85,17 +97,30 @@ class Relay:
         client = clients.redis
         hub = Hub(clients.hub, options)
         await hub.start()
-        auth = Authenticator(settings.api_tokens, client, keys, settings.stream_ticket_ttl_s)
+        auth = Authenticator(
+            settings.api_tokens,
+            client,
+            keys,
+            settings.stream_ticket_ttl_s,
+            store=tokens,
+            cache_ttl_s=settings.token_cache_ttl_s,
+        )
         if not auth.configured:
             log.warning(
-                "CLOUDOPS_API_TOKENS is empty: the relay refuses every data route until a token"
-                " is configured"
+                "CLOUDOPS_API_TOKENS is empty and there is no database for named tokens: the"
+                " relay refuses every data route until a token is configured"
             )
         slots = StreamSlots.from_settings(settings)
         store = Store(client, keys, history)
-        return cls(settings, options, dispatcher, client, hub, store, auth, slots)
+        relay = cls(settings, options, dispatcher, client, hub, store, auth, slots, tokens=tokens)
+        if audit is not None:
+            relay.audit = AuditWriter(audit)
+            relay.audit.start()
+        return relay
 
     async def stop(self) -> None:
+        if self.audit is not None:
+            await self.audit.stop()
         await self.drops.close()
         await self.hub.stop()
         await self.redis.aclose()
@@ -115,10 +140,11 @@ class Relay:
             tick_s=self._tick_s,
         )
 
-    def all_feed(self) -> AllFeed:
+    def all_feed(self, admit: Admit | None = None) -> AllFeed:
         return AllFeed(
             self.hub,
             self.store,
+            admit=admit,
             options=self.options,
             queue_events=self.settings.client_queue_events,
             tick_s=self._tick_s,

@@ -6,14 +6,15 @@ from functools import partial
 from typing import Annotated, Any, cast
 
 import orjson
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
 from api import health, metrics
-from api.auth import ALL, Role
+from api.access import IdentityDep, check_queues, check_scope, may_see
+from api.auth import ALL
 from api.dispatch import start_saved
 from api.relay import Relay
 from api.schemas import (
@@ -26,10 +27,11 @@ from api.schemas import (
     SubmitResponse,
     TicketRequest,
     TicketResponse,
+    WhoAmI,
     WorkerHost,
 )
 from events.db.errors import NoDatabaseError
-from events.db.playbooks import PlaybookStore
+from events.db.playbooks import PlaybookStore, SavedPlaybook
 from events.db.query import DEFAULT_LIMIT, MAX_LIMIT
 from events.db.search import NEXT_CURSOR, SearchFilter, cursor_key
 from events.errors import UnknownExecutionError
@@ -55,29 +57,6 @@ def store_of(relay: Relay) -> PlaybookStore:
     return relay.playbooks
 
 
-async def require_token(
-    relay: RelayDep,
-    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-) -> str:
-    """The request's token id (401 without a valid token)."""
-    return relay.auth.check_token(creds.credentials if creds is not None else None)
-
-
-TokenDep = Annotated[str, Depends(require_token)]
-
-
-def require_role(role: Role) -> Any:
-    """A dependency: the token id, or 403 naming `role` when the token lacks it (CONTRACT §9;
-    every token has every role until issue 16, see api.auth.Authenticator.has_role)."""
-
-    async def check(relay: RelayDep, tid: TokenDep) -> str:
-        if not relay.auth.has_role(tid, role):
-            raise HTTPException(403, f"this needs the {role} role")
-        return tid
-
-    return Depends(check)
-
-
 # Errors are JSON on every route, text and event-stream routes included.
 _ERROR_JSON = {"application/json": {"schema": ErrorBody.model_json_schema()}}
 
@@ -88,11 +67,14 @@ def error_doc(description: str) -> dict[str, Any]:
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: error_doc("missing or invalid token"),
+    403: error_doc("the token lacks the role this needs (the detail names it)"),
     422: error_doc("bad input; the detail names the field"),
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: error_doc("unknown execution")}
 
-api = APIRouter(prefix="/api", dependencies=[Depends(require_token)], responses=ERRORS)
+# Every route's role is checked by api.access.authorize, in front of the whole app; the bearer
+# scheme here only describes the header in the OpenAPI document.
+api = APIRouter(prefix="/api", dependencies=[Depends(bearer_scheme)], responses=ERRORS)
 
 
 @api.post(
@@ -101,25 +83,55 @@ api = APIRouter(prefix="/api", dependencies=[Depends(require_token)], responses=
     response_model=SubmitResponse,
     responses={503: error_doc("the broker, or for playbookName the database, is unavailable")},
 )
-async def submit_execution(body: SubmitRequest, relay: RelayDep, response: Response) -> Any:
-    """Start a command (`aws_cli`, `script`) or a playbook; returns its execution id."""
+async def submit_execution(
+    body: SubmitRequest, relay: RelayDep, response: Response, identity: IdentityDep
+) -> Any:
+    """Start a command (`aws_cli`, `script`) or a playbook; returns its execution id. A token
+    limited to queues may start only what runs on them (403 naming the queue)."""
     dispatcher = relay.dispatcher
     body.check()
+    scoped = identity.queues is not None
     if isinstance(body, PlaybookRequest) and body.playbook_name is not None:
-        start = partial(start_saved, version=body.version)
+        params = body.param_strings()
+
+        def in_scope(saved: SavedPlaybook) -> None:
+            queues = dispatcher.playbook_queues(saved.yaml, params, source=saved.source)
+            check_queues(identity, queues)
+
+        start = partial(
+            start_saved,
+            version=body.version,
+            submitted_by=identity.name,
+            check=in_scope if scoped else None,
+        )
         execution_id = await run_in_threadpool(
-            start, dispatcher, store_of(relay), body.playbook_name, body.param_strings()
+            start, dispatcher, store_of(relay), body.playbook_name, params
         )
     elif isinstance(body, PlaybookRequest):
+        if scoped:
+            queues = await run_in_threadpool(
+                dispatcher.playbook_queues, body.playbook, body.param_strings()
+            )
+            check_queues(identity, queues)
         execution_id = await run_in_threadpool(
-            dispatcher.submit_playbook, body.playbook, body.param_strings()
+            partial(dispatcher.submit_playbook, submitted_by=identity.name),
+            body.playbook,
+            body.param_strings(),
         )
     elif (adhoc := body.as_playbook()) is not None:
-        execution_id = await run_in_threadpool(dispatcher.submit_playbook, adhoc)
+        if scoped:
+            check_queues(identity, await run_in_threadpool(dispatcher.playbook_queues, adhoc))
+        execution_id = await run_in_threadpool(
+            partial(dispatcher.submit_playbook, submitted_by=identity.name), adhoc
+        )
     else:
+        check_queues(identity, frozenset({relay.settings.default_queue}))
         options = body.options.to_options() if body.options is not None else None
         execution_id = await run_in_threadpool(
-            dispatcher.submit_command, body.command, body.command_type, options
+            partial(dispatcher.submit_command, submitted_by=identity.name),
+            body.command,
+            body.command_type,
+            options,
         )
     response.headers["Location"] = f"/api/executions/{execution_id}"
     return SubmitResponse(execution_id=execution_id)
@@ -134,6 +146,7 @@ async def submit_execution(body: SubmitRequest, relay: RelayDep, response: Respo
 async def list_executions(
     relay: RelayDep,
     request: Request,
+    identity: IdentityDep,
     status: str | None = None,
     command_type: Annotated[str | None, Query(alias="commandType")] = None,
     q: Annotated[
@@ -152,6 +165,9 @@ async def list_executions(
     # reads them from the query string, by the names it writes them under for `ls --remote`.
     filt = SearchFilter.from_query(request.query_params)
     records, next_cursor = await relay.store.search(filt, limit, cursor_key(cursor), cursor)
+    if identity.queues is not None:
+        # A queue-scoped token's page holds only its executions (a page may come out short).
+        records = [r for r in records if await may_see(relay, identity, r["executionId"])]
     headers = {NEXT_CURSOR: next_cursor} if next_cursor else {}
     return Response(orjson.dumps(records), media_type="application/json", headers=headers)
 
@@ -162,7 +178,8 @@ async def list_executions(
     response_model_exclude_none=True,
     responses=NOT_FOUND,
 )
-async def get_execution(execution_id: str, relay: RelayDep) -> Any:
+async def get_execution(execution_id: str, relay: RelayDep, identity: IdentityDep) -> Any:
+    await check_scope(relay, identity, execution_id)
     record = await relay.store.record(execution_id)
     if record is None:
         raise UnknownExecutionError(execution_id)
@@ -177,11 +194,13 @@ async def get_execution(execution_id: str, relay: RelayDep) -> Any:
 async def get_output(
     execution_id: str,
     relay: RelayDep,
+    identity: IdentityDep,
     host: Annotated[str | None, Query(description="only this host's output")] = None,
     step: Annotated[str | None, Query(description="only this step's output (its id)")] = None,
 ) -> Response:
     """The output so far: every execution_output chunk, in order, as plain text; with `host`
     and `step`, only the chunks of that host (of a fan-out step) and that step."""
+    await check_scope(relay, identity, execution_id)
     if await relay.store.stream_state(execution_id) is None:
         raise UnknownExecutionError(execution_id)
     return StreamingResponse(
@@ -195,9 +214,10 @@ async def get_output(
     response_model=list[Attempt],
     responses=NOT_FOUND,
 )
-async def get_notifications(execution_id: str, relay: RelayDep) -> Any:
+async def get_notifications(execution_id: str, relay: RelayDep, identity: IdentityDep) -> Any:
     """Each attempt at delivering the execution's webhook notifications (CONTRACT §10), oldest
     first; the webhooks' query strings are masked."""
+    await check_scope(relay, identity, execution_id)
     if await relay.store.record(execution_id) is None:
         raise UnknownExecutionError(execution_id)
     return [a.wire() for a in await relay.store.notifications(execution_id)]
@@ -209,7 +229,8 @@ async def get_notifications(execution_id: str, relay: RelayDep) -> Any:
     response_model=CancelResponse,
     responses={**NOT_FOUND, 409: error_doc("already ended")},
 )
-async def cancel_execution(execution_id: str, relay: RelayDep) -> Any:
+async def cancel_execution(execution_id: str, relay: RelayDep, identity: IdentityDep) -> Any:
+    await check_scope(relay, identity, execution_id)
     await run_in_threadpool(relay.dispatcher.cancel, execution_id)
     return CancelResponse(execution_id=execution_id)
 
@@ -219,17 +240,18 @@ async def cancel_execution(execution_id: str, relay: RelayDep) -> Any:
     status_code=202,
     response_model=SubmitResponse,
     responses={**NOT_FOUND, 409: error_doc("still queued or running, or nothing to rerun")},
-    dependencies=[require_role(Role.OPERATOR)],
 )
 async def rerun_execution(
     execution_id: str,
     relay: RelayDep,
     response: Response,
+    identity: IdentityDep,
     body: Annotated[RerunRequest | None, Body()] = None,
 ) -> Any:
     """Start a new execution of what of this ended one did not succeed (CONTRACT §7): from its
     first step that did not succeed, on that step's hosts that did not (`hosts: failed`, the
     default) or on all of them (`all`); its record names `rerunOf`."""
+    await check_scope(relay, identity, execution_id)
     source = await relay.store.rerun_source(execution_id)
     if source is None:
         raise UnknownExecutionError(execution_id)
@@ -250,25 +272,20 @@ async def list_workers(relay: RelayDep) -> Response:
     "/stream-tickets",
     status_code=201,
     response_model=TicketResponse,
-    responses={**NOT_FOUND, 403: error_doc("this token may not stream every execution")},
+    responses=NOT_FOUND,
 )
 async def create_stream_ticket(
-    body: TicketRequest,
-    relay: RelayDep,
-    response: Response,
-    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    body: TicketRequest, relay: RelayDep, response: Response, identity: IdentityDep
 ) -> Any:
     """A short-lived, single-use ticket for `?ticket=` on the SSE and WebSocket routes (browsers'
     EventSource and WebSocket cannot send an Authorization header), bound to one execution, or
     to every execution with `"*"`."""
-    tid = relay.auth.check_token(creds.credentials if creds is not None else None)
     scope = body.execution_id
-    if scope == ALL:
-        if not relay.auth.may_stream_all(tid):
-            raise HTTPException(403, "this token may not stream every execution")
-    elif await relay.store.stream_state(scope) is None:
+    if scope != ALL and await relay.store.stream_state(scope) is None:
         raise UnknownExecutionError(scope)
-    ticket = await relay.auth.issue_ticket(tid, scope)
+    if scope != ALL:
+        await check_scope(relay, identity, scope)
+    ticket = await relay.auth.issue_ticket(identity, scope)
     # A ticket is a credential: no cache, no proxy may keep it.
     response.headers["Cache-Control"] = "no-store"
     response.headers["Pragma"] = "no-cache"
@@ -278,11 +295,19 @@ async def create_stream_ticket(
 ops = APIRouter()
 
 
+@api.get("/whoami", response_model=WhoAmI, response_model_exclude_none=True)
+async def whoami(identity: IdentityDep) -> Any:
+    """The token's name, role and queue scope (for the console to show and to hide what the
+    role may not do)."""
+    queues = None if identity.queues is None else sorted(identity.queues)
+    return WhoAmI(name=identity.name, role=identity.role, queues=queues)
+
+
 @ops.get(
     "/metrics",
-    dependencies=[Depends(require_token)],
+    dependencies=[Depends(bearer_scheme)],
     response_class=PlainTextResponse,
-    responses={401: ERRORS[401]},
+    responses={401: ERRORS[401], 403: ERRORS[403]},
 )
 async def get_metrics(relay: RelayDep) -> Response:
     """Prometheus text format."""

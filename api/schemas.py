@@ -8,11 +8,13 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, WithJsonS
 from pydantic.alias_generators import to_camel
 
 from events.db.playbooks import MAX_VERSION
+from events.db.tokens import MAX_EXPIRES_IN_S
 from events.errors import InvalidRequestError
 from events.models import MAX_TIMEOUT_S, ExecutionOptions
 from events.params import ParamType
 from events.requests import command_playbook
 from events.rerun import RerunHosts
+from events.vocabulary import Role
 
 _CAMEL = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
@@ -318,3 +320,46 @@ class ScheduleBody(BaseModel):
     updated_at: str = Field(json_schema_extra={"format": "date-time"})
     created_by: str | None = None
     next_run_at: str | None = Field(None, json_schema_extra={"format": "date-time"})
+
+
+class WhoAmI(BaseModel):
+    """`GET /api/whoami`: the calling token (CONTRACT §9)."""
+
+    name: str
+    role: Role
+    queues: list[str] | None = Field(default=None, description="its queue scope; none: all")
+
+
+class TokenRequest(BaseModel):
+    """`POST /api/tokens`."""
+
+    model_config = _CAMEL
+
+    name: str = Field(description="letters, digits, '.', '_', '-'; at most 128")
+    role: Role
+    queues: list[str] | None = Field(
+        default=None, description="only executions whose every step runs on these queues"
+    )
+    expires_in_s: int | None = Field(
+        default=None, gt=0, le=MAX_EXPIRES_IN_S, description="seconds; none: forever"
+    )
+
+
+class TokenInfo(BaseModel):
+    """A token as `GET /api/tokens` lists it: never its secret."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    name: str
+    role: Role
+    queues: list[str] | None
+    created_at: str
+    created_by: str | None
+    expires_at: str | None
+    revoked_at: str | None
+
+
+class TokenCreated(TokenInfo):
+    """`POST /api/tokens`' answer: the one time the secret is shown."""
+
+    secret: str = Field(description="the bearer token; shown once, stored only hashed")

@@ -8,24 +8,18 @@ import redis
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
 
-from api.auth import ALL, AuthError, Grant
+from api.access import admit_for, check_scope, forbid_unless, required_role, rule_key
+from api.auth import ALL, AuthError, Grant, Role
 from api.limits import TooManyStreams, client_address
 from api.routes import ERRORS, NOT_FOUND, RelayDep, bearer_scheme, get_relay
 from api.sse import EventStreamResponse
 from api.ws import WsSession
+from events.db.errors import DatabaseUnavailableError
 from events.errors import InvalidRequestError, UnknownExecutionError
 
 TicketQuery = Annotated[
     str | None, Query(description="a stream ticket from POST /api/stream-tickets")
 ]
-
-
-async def require_stream_auth(
-    request: Request, relay: RelayDep, ticket: TicketQuery = None
-) -> None:
-    request.state.grant = await relay.auth.check_stream(
-        request.headers.get("authorization"), ticket
-    )
 
 
 def _grant(request: Request, target: str) -> Grant:
@@ -43,11 +37,9 @@ SSE_DOC: dict[int | str, dict[str, Any]] = {
     }
 }
 
-streams = APIRouter(
-    prefix="/api",
-    dependencies=[Depends(bearer_scheme), Depends(require_stream_auth)],
-    responses=ERRORS,
-)
+# api.access.authorize authenticates these by the header or `?ticket=` (declared here for the
+# OpenAPI document) and keeps the grant in `request.state.grant`.
+streams = APIRouter(prefix="/api", dependencies=[Depends(bearer_scheme)], responses=ERRORS)
 
 
 def _resume_point(last_event_id: str | None, after: int | None) -> int:
@@ -78,6 +70,7 @@ async def execution_events(
     request: Request,
     after: Annotated[int | None, Query(ge=0, description="resume after this id")] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    ticket: TicketQuery = None,
 ) -> Response:
     """History after the resume point, then live; ends after execution_complete."""
     grant = _grant(request, execution_id)
@@ -85,6 +78,7 @@ async def execution_events(
     state = await relay.store.stream_state(execution_id)
     if state is None:
         raise UnknownExecutionError(execution_id)
+    await check_scope(relay, grant.identity, execution_id)
     if state.complete_id is not None and start >= state.complete_id:
         # 204 tells EventSource not to reconnect: there is nothing more to come.
         return Response(status_code=204)
@@ -93,13 +87,15 @@ async def execution_events(
 
 
 @streams.get("/events", status_code=200, response_class=EventStreamResponse, responses=SSE_DOC)
-async def all_events(relay: RelayDep, request: Request) -> Response:
+async def all_events(relay: RelayDep, request: Request, ticket: TicketQuery = None) -> Response:
     """Every event of every execution, live (no replay)."""
     grant = _grant(request, ALL)
-    return EventStreamResponse(relay, relay.all_feed(), grant, client_address(request.scope))
+    feed = relay.all_feed(admit_for(relay, grant.identity))
+    return EventStreamResponse(relay, feed, grant, client_address(request.scope))
 
 
 ws_router = APIRouter()
+WS_ROLE = required_role(rule_key("WEBSOCKET", "/api/ws")) or Role.VIEWER
 
 
 @ws_router.websocket("/api/ws")
@@ -110,11 +106,18 @@ async def websocket_stream(
     relay = get_relay(websocket)
     try:
         grant = await relay.auth.check_stream(websocket.headers.get("authorization"), ticket, token)
+        forbid_unless(grant.identity, WS_ROLE)
     except AuthError as e:
         await _deny(websocket, 401, e.detail)
         return
+    except HTTPException as e:
+        await _deny(websocket, e.status_code, str(e.detail))
+        return
     except (redis.RedisError, OSError):
         await _deny(websocket, 503, "the event store (Redis) is unavailable; retry later")
+        return
+    except DatabaseUnavailableError as e:
+        await _deny(websocket, 503, str(e))
         return
     try:
         with relay.slots.hold(grant.token_id, client_address(websocket.scope)):
@@ -130,5 +133,5 @@ async def _deny(websocket: WebSocket, status: int, detail: str) -> None:
         response = JSONResponse({"detail": detail}, status_code=status, headers=headers)
         await websocket.send_denial_response(response)
     else:
-        code = {401: 1008, 429: 1013}.get(status, 1011)
+        code = {401: 1008, 403: 1008, 429: 1013}.get(status, 1011)
         await websocket.close(code=code, reason=detail[:120])

@@ -22,8 +22,10 @@ import json
 from typing import Any
 
 import redis
+from starlette.exceptions import HTTPException
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from api.access import admit_for, check_scope
 from api.auth import ALL, Grant
 from api.feed import AllFeed, ExecutionFeed
 from api.limits import limit_send_buffer, transport_of
@@ -184,7 +186,7 @@ class WsSession:
             raise _BadMessage("too many subscriptions on this socket", "subscribe", target)
         feed: ExecutionFeed | AllFeed
         if target == "*":
-            feed = self.relay.all_feed()
+            feed = self.relay.all_feed(admit_for(self.relay, self.grant.identity))
             after = 0
         else:
             try:
@@ -194,6 +196,10 @@ class WsSession:
                 raise _BadMessage(unavailable, "subscribe", target) from e
             if state is None:
                 raise _BadMessage(f"unknown execution: {target}", "subscribe", target)
+            try:
+                await check_scope(self.relay, self.grant.identity, target)
+            except HTTPException as e:
+                raise _BadMessage(str(e.detail), "subscribe", target) from None
             feed = self.relay.execution_feed(target, after)
         old = self._subs.pop(target, None)
         if old is not None:

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import httpx
 
-from events.db.errors import NO_DATABASE, NoDatabaseError
+from events.db.errors import NEEDS_DATABASE, NoDatabaseError
 from events.errors import (
     CannotRerunError,
     CloudOpsError,
@@ -21,6 +21,7 @@ from events.errors import (
     UnknownExecutionError,
     UnknownPlaybookError,
     UnknownScheduleError,
+    UnknownTokenError,
 )
 from events.wire import RawEvent
 
@@ -53,8 +54,8 @@ class RelayClient:
     def _check(self, resp: httpx.Response, execution_id: str = "") -> Any:
         if resp.status_code == 404 and execution_id:
             raise UnknownExecutionError(execution_id)
-        if resp.status_code == 503 and _detail(resp) == NO_DATABASE:
-            raise NoDatabaseError()
+        if resp.status_code == 503 and _detail(resp).endswith(NEEDS_DATABASE):
+            raise NoDatabaseError(_detail(resp).removesuffix(NEEDS_DATABASE))
         if resp.status_code == 409:
             raise ExecutionEndedError(execution_id, "ended")
         if resp.status_code == 422:
@@ -135,6 +136,28 @@ class RelayClient:
         if resp.status_code == 404:
             raise UnknownScheduleError(schedule_id)
         self._check(resp)
+
+    def create_token(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """`POST /api/tokens`: the new token, its secret included (shown once)."""
+        return dict(self._check(self._request("POST", "/api/tokens", json=dict(body))))
+
+    def tokens(self) -> list[dict[str, Any]]:
+        return list(self._check(self._request("GET", "/api/tokens")))
+
+    def revoke_token(self, name: str) -> None:
+        resp = self._request("DELETE", f"/api/tokens/{quote(name, safe='')}")
+        if resp.status_code == 404:
+            raise UnknownTokenError(name)
+        self._check(resp)
+
+    def audit(
+        self, filters: Mapping[str, str], limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        params: dict[str, Any] = {**filters, "limit": limit}
+        if cursor:
+            params["cursor"] = cursor
+        resp = self._request("GET", "/api/audit", params=params)
+        return list(self._check(resp)), resp.headers.get("X-Next-Cursor")
 
     def follow(self, execution_id: str, after: int = 0) -> Iterator[RawEvent]:
         """Events after `after` until execution_complete; reconnects and resumes by itself."""

@@ -30,6 +30,7 @@ from cli.render import (
 )
 from cli.schedules import schedule_cli
 from cli.sessions import open_session
+from cli.tokens import audit, token_cli
 from cli.usage import fail as _fail
 from cli.usage import fail_each
 from cli.usage import settings_or_fail as _settings
@@ -251,6 +252,8 @@ def _record_line(rec: dict[str, Any]) -> str:
 
 cli.add_typer(playbook_cli, name="playbook")
 cli.add_typer(schedule_cli, name="schedule")
+cli.add_typer(token_cli, name="token")
+cli.command("audit")(audit)
 
 db = typer.Typer(help="The history database: migrate it, apply retention.", no_args_is_help=True)
 cli.add_typer(db, name="db")

@@ -33,6 +33,8 @@ def relay_app(settings: Settings, options: RelayOptions | None = None) -> FastAP
         history=parts.history,
         playbooks=parts.playbooks,
         schedules=parts.schedules,
+        tokens=parts.tokens,
+        audit=parts.audit,
         # /healthz names the broker when it does not answer (embedded mode has none).
         checks=[tasks] if isinstance(tasks, CeleryQueue) else [],
     )

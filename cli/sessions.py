@@ -10,10 +10,12 @@ from api.dispatch import start_saved
 from cli.client import RelayClient
 from cli.history import archive_now, search, stored_events
 from cli.wiring import Local, local
+from events.db.audit import parse_since
 from events.db.errors import NoDatabaseError
 from events.db.playbooks import PlaybookStore
 from events.db.schedules import ScheduleStore
 from events.db.search import SearchFilter
+from events.db.tokens import TokenStore
 from events.errors import InvalidRequestError, Problem, ProblemsError, UnknownExecutionError
 from events.hosts import HostRegistry
 from events.models import ExecutionOptions
@@ -21,7 +23,7 @@ from events.requests import REQUEST_SOURCE, Params
 from events.rerun import RerunHosts, RerunSource
 from events.settings import Settings
 from events.subscriber import Follower
-from events.vocabulary import CommandType
+from events.vocabulary import CommandType, Role
 from events.wire import RawEvent
 from worker.embedded import ThreadQueue
 
@@ -46,6 +48,12 @@ class Session(Protocol):
     def add_schedule(self, body: dict[str, Any]) -> dict[str, Any]: ...
     def schedules(self) -> list[dict[str, Any]]: ...
     def delete_schedule(self, schedule_id: str) -> None: ...
+    def create_token(self, body: dict[str, Any]) -> dict[str, Any]: ...
+    def tokens(self) -> list[dict[str, Any]]: ...
+    def revoke_token(self, name: str) -> None: ...
+    def audit(
+        self, filters: dict[str, str], limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]: ...
 
 
 def _options_from_body(body: dict[str, Any]) -> ExecutionOptions:
@@ -163,6 +171,36 @@ class LocalSession:
     def delete_schedule(self, schedule_id: str) -> None:
         self._schedules.delete(schedule_id)
 
+    # Tokens straight in the database: whoever holds its URL is its admin already.
+    @property
+    def _tokens(self) -> TokenStore:
+        store = self.local.tokens
+        if store is None:
+            raise NoDatabaseError("API tokens")
+        return store
+
+    def create_token(self, body: dict[str, Any]) -> dict[str, Any]:
+        token, secret = self._tokens.create(
+            body["name"], Role(body["role"]), body.get("queues"), body.get("expiresInS")
+        )
+        return {**token.wire(), "secret": secret}
+
+    def tokens(self) -> list[dict[str, Any]]:
+        return [t.wire() for t in self._tokens.list()]
+
+    def revoke_token(self, name: str) -> None:
+        self._tokens.revoke(name)
+
+    def audit(
+        self, filters: dict[str, str], limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        log = self.local.audit
+        if log is None:
+            raise NoDatabaseError("the audit log")
+        since = parse_since(filters.get("since"))
+        actor, action = filters.get("actor"), filters.get("action")
+        return log.page(actor=actor, action=action, since=since, limit=limit, cursor=cursor)
+
 
 class RemoteSession:
     def __init__(self, url: str, token: str | None) -> None:
@@ -216,6 +254,20 @@ class RemoteSession:
 
     def delete_schedule(self, schedule_id: str) -> None:
         self._client.delete_schedule(schedule_id)
+
+    def create_token(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._client.create_token(body)
+
+    def tokens(self) -> list[dict[str, Any]]:
+        return self._client.tokens()
+
+    def revoke_token(self, name: str) -> None:
+        self._client.revoke_token(name)
+
+    def audit(
+        self, filters: dict[str, str], limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        return self._client.audit(filters, limit, cursor)
 
 
 def _named(msg: str, source: str) -> str:

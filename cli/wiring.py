@@ -18,9 +18,11 @@ from sqlalchemy import Engine
 from api.relay import RelayClients
 from cli import webhooks
 from cli.history import history_engine
+from events.db.audit import AuditLog
 from events.db.playbooks import PlaybookStore
 from events.db.query import History
 from events.db.schedules import ScheduleStore
+from events.db.tokens import TokenStore
 from events.settings import Settings
 from worker.app import client_app
 from worker.dispatcher import Dispatcher
@@ -64,6 +66,16 @@ class Local:
         if self.engine is None or playbooks is None:
             return None
         return ScheduleStore(self.engine, playbooks, self.dispatcher.check_run)
+
+    @property
+    def tokens(self) -> TokenStore | None:
+        """Named API tokens (CONTRACT §9), in the history database."""
+        return None if self.engine is None else TokenStore(self.engine)
+
+    @property
+    def audit(self) -> AuditLog | None:
+        """The audit log (CONTRACT §9), in the history database."""
+        return None if self.engine is None else AuditLog(self.engine)
 
     @property
     def embedded(self) -> bool:

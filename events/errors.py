@@ -123,3 +123,11 @@ class CannotRerunError(CloudOpsError):
         super().__init__(reason)
         self.execution_id = execution_id
         self.reason = reason
+
+
+class UnknownTokenError(CloudOpsError):
+    """No API token of that name (or it is revoked already)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown API token: {name!r}")
+        self.name = name

@@ -130,7 +130,10 @@ class Settings(BaseSettings):
     # The kernel send buffer of a stream's socket (SO_SNDBUF; Linux doubles it).
     stream_socket_buffer_bytes: int = Field(default=128 * 1024, ge=4096)
     # How often an open stream asks again whether its token is still valid (revocation).
-    stream_auth_recheck_s: float = Field(default=5.0, gt=0)
+    stream_auth_recheck_s: float = Field(default=2.5, gt=0)
+    # How long a relay trusts its answer about a named token (CONTRACT §9): a revoked or
+    # expired one is refused by every relay within this, so it stays a few seconds at most.
+    token_cache_ttl_s: float = Field(default=2.0, ge=0, le=4)
     # -- history in a database (CONTRACT §8). A SQLAlchemy URL; its password is a secret (never
     # in a repr, a log line or an error: `database_url_masked`). None: a fleet keeps history
     # in Redis only; embedded mode uses its SQLite file.

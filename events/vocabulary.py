@@ -148,3 +148,15 @@ class Outcome(StrEnum):
     CANCEL = "cancel"  # a cancel was requested first
     WAIT = "wait"  # no free max_concurrent slot: the run waits
     QUEUED = "queued"  # a cancel found nothing running: the caller ends the run
+
+
+class Role(StrEnum):
+    """What an API token may do (CONTRACT §9); each role includes the ones before it."""
+
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+    def includes(self, other: Role) -> bool:
+        order = list(Role)
+        return order.index(self) >= order.index(other)

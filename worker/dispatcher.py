@@ -30,6 +30,7 @@ from events.requests import (
     origin_fields,
 )
 from events.rerun import RerunHosts, RerunSource, plan_rerun
+from events.scope import queues_of
 from events.settings import Settings
 from events.vocabulary import CommandType, Outcome, RecordField, Status
 from worker.commands import command_type_named, validate_command
@@ -167,6 +168,16 @@ class Dispatcher:
                     for name in sorted(prepared.secrets)
                 ]
             )
+
+    def playbook_queues(
+        self,
+        playbook: PlaybookSource,
+        params: Params = None,
+        *,
+        source: str = REQUEST_SOURCE,
+    ) -> frozenset[str] | None:
+        spec = prepare_playbook(playbook, params, source=source).spec()
+        return queues_of(spec, self.settings.default_queue)
 
     def _not_queued(self, execution_id: str, error: BrokerUnavailableError) -> None:
         """The record exists but its task could not be sent: end it (`failed`) rather than

@@ -55,14 +55,21 @@ class DatabaseUnavailableError(CloudOpsError):
 
 
 # The one wording of "no database", for the relay's 503 and the CLI's client alike.
-NO_DATABASE = (
-    "saved playbooks and schedules need the history database: CLOUDOPS_DATABASE_URL is not set"
-)
+NEEDS_DATABASE = " need the history database: CLOUDOPS_DATABASE_URL is not set"
+NO_DATABASE = "saved playbooks and schedules" + NEEDS_DATABASE
 
 
 class NoDatabaseError(ConfigError):
-    """Something that lives only in the database (saved playbooks) was asked for on a fleet
-    without CLOUDOPS_DATABASE_URL."""
+    """Something that lives only in the database (saved playbooks, API tokens) was asked for
+    on a fleet without CLOUDOPS_DATABASE_URL; `what` names it."""
 
-    def __init__(self) -> None:
-        super().__init__(NO_DATABASE)
+    def __init__(self, what: str = "saved playbooks") -> None:
+        super().__init__(what + NEEDS_DATABASE)
+        self.what = what
+
+
+def unavailable(where: str, e: Exception) -> DatabaseUnavailableError:
+    """A driver's error as the one DatabaseUnavailableError: its first line, never the URL's
+    password (`where` is rendered without it)."""
+    why = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+    return DatabaseUnavailableError(where, why)

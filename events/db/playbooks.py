@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from events.db.engine import lock_for_transaction, write_connection
-from events.db.errors import DatabaseUnavailableError
+from events.db.errors import DatabaseUnavailableError, unavailable
 from events.db.schema import saved_playbooks as sp
 from events.errors import InvalidRequestError, UnknownPlaybookError
 from events.requests import SavedRef
@@ -102,7 +102,7 @@ class PlaybookStore:
         self._check = check
 
     def _unavailable(self, e: SQLAlchemyError) -> DatabaseUnavailableError:
-        return DatabaseUnavailableError.of(self._engine, e)
+        return unavailable(self._engine.url.render_as_string(hide_password=True), e)
 
     def save(self, name: str, text: str, created_by: str | None = None) -> Saved:
         """Check `text`, then keep it as `name`'s next version (see the module docstring)."""

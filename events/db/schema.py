@@ -9,6 +9,9 @@ host an execution touched, for `host=` searches.
 
 `saved_playbooks` (migration 0002): every version of every saved playbook (CONTRACT §10).
 `schedules` (migration 0003): the schedules of saved playbooks (CONTRACT §10).
+`api_tokens` (migration 0004): the relay's named tokens (CONTRACT §9), their secrets hashed.
+`audit_log` (migration 0005): who did what (CONTRACT §9); the execution retention never
+touches it.
 
 A migration, not `metadata.create_all`, creates these in a database; tests/db check that the two
 agree. Tables that §9 and §10 will add (tokens, audit, schedules) live in the same database and
@@ -220,6 +223,41 @@ schedules = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Column("created_by", String(255)),
     PrimaryKeyConstraint("id"),
+)
+
+
+# One row per token ever created (CONTRACT §9): revoking sets `revoked_at` and keeps the row, so
+# a name is never reused and the audit log's actors stay unambiguous. Only the SHA-256 of the
+# secret is kept (events.db.tokens says why SHA-256 suffices); the secret itself never is.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("secret_sha256", String(64), nullable=False, unique=True, index=True),
+    Column("role", String(16), nullable=False),
+    # Comma-separated queue names; null: every queue.
+    Column("queues", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("created_by", String(255)),
+    Column("expires_at", UTCDateTime),
+    Column("revoked_at", UTCDateTime),
+)
+
+
+# One row per audited request (CONTRACT §9), numbered in the order written: the id is the
+# listing's cursor. Never pruned with the executions.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    # SQLite numbers rows itself only for an INTEGER primary key.
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("at", UTCDateTime, nullable=False, index=True),
+    Column("actor", String(255), nullable=False, index=True),
+    Column("action", String(64), nullable=False, index=True),
+    Column("target", String(255)),
+    Column("outcome", String(32), nullable=False),
+    Column("status", SmallInteger, nullable=False),
+    Column("client", String(255), nullable=False),
 )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from sqlalchemy import text
+from sqlalchemy import Table, text
 
 from events.db.engine import make_engine
 
@@ -38,3 +38,14 @@ def drop_pg_database(url: str) -> None:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         admin.dispose()
+
+
+def empty_tables(url: str, *tables: Table) -> None:
+    """Delete every row of `tables` (a module's database is shared by its tests)."""
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            for table in tables:
+                conn.execute(table.delete())
+    finally:
+        engine.dispose()

@@ -174,8 +174,8 @@ def test_bad_schedules_are_422_naming_every_field(api: httpx.Client) -> None:
     too_big = api.post("/api/schedules", json=body)
     assert too_big.status_code == 422, too_big.text
     # The step uses the secret, which a schedule cannot give: a run of it would lack it.
-    named = sorted(p["loc"] for p in too_big.json()["detail"])
-    assert named == [["body", "params", "api_key"], ["body", "params", "keep"]]
+    locs = sorted(p["loc"] for p in too_big.json()["detail"])
+    assert locs == [["body", "params", "api_key"], ["body", "params", "keep"]]
     unknown = api.post("/api/schedules", json={"playbookName": "nope", "intervalS": 5})
     assert unknown.status_code == 422 and "playbookName" in unknown.json()["detail"]
     assert api.get("/api/schedules/sc_nope").status_code == 404

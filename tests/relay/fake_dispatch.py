@@ -142,6 +142,12 @@ class FakeDispatcher:
     def check_playbook(self, playbook: str, source: str) -> None:
         check_for_saving(playbook, source)  # the real rule: what is saved must be runnable
 
+    def playbook_queues(
+        self, playbook: PlaybookSource, params: Params = None, *, source: str = REQUEST_SOURCE
+    ) -> frozenset[str] | None:
+        """The scripted runs run where a real run would not: on the default queue."""
+        return frozenset({self.settings.default_queue})
+
     def cancel(self, execution_id: str) -> None:
         found = self.records.request_cancel(execution_id)
         if found == "unknown":

@@ -16,6 +16,7 @@ import os
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from api.access import PUBLIC, RULES
 from api.app import create_app
 from api.auth import token_id
 from api.options import RelayOptions
@@ -54,6 +55,8 @@ def make_app() -> FastAPI:
             services=[reaper],
             playbooks=store,
             schedules=schedules,
+            tokens=parts.tokens,
+            audit=parts.audit,
         )
     _add_revoke_route(app)
     return app
@@ -64,6 +67,9 @@ class _Revoke(BaseModel):
 
 
 def _add_revoke_route(app: FastAPI) -> None:
+    # Test-only, so not in the relay's own table (which refuses any route it does not name).
+    RULES["POST /test-only/revoke"] = PUBLIC
+
     @app.post("/test-only/revoke", include_in_schema=False)
     async def revoke(body: _Revoke) -> dict[str, str]:
         app.state.relay.auth.revoke(token_id(body.token))
