@@ -67,8 +67,8 @@ class Dispatcher(Protocol):
         and rendered as a submit would, without submitting it."""
         ...
 
-    def cancel(self, execution_id: str) -> None:
-        """Cancel a queued or running execution.
+    def cancel(self, execution_id: str, *, cancelled_by: str | None = None) -> None:
+        """Cancel a queued or running execution; its record names `cancelled_by`.
 
         Raises UnknownExecutionError if there is no such execution and ExecutionEndedError if
         it already ended (nothing changes then).

@@ -231,7 +231,9 @@ async def get_notifications(execution_id: str, relay: RelayDep, identity: Identi
 )
 async def cancel_execution(execution_id: str, relay: RelayDep, identity: IdentityDep) -> Any:
     await check_scope(relay, identity, execution_id)
-    await run_in_threadpool(relay.dispatcher.cancel, execution_id)
+    await run_in_threadpool(
+        partial(relay.dispatcher.cancel, cancelled_by=identity.name), execution_id
+    )
     return CancelResponse(execution_id=execution_id)
 
 

@@ -202,10 +202,11 @@ class RecordStore:
         pipe.srem(self._keys.running(), execution_id)
         pipe.execute()
 
-    def request_cancel(self, execution_id: str) -> str:
-        """Mark the cancel; 'unknown', 'ended:<status>', 'queued' (nothing runs it: the caller
-        ends it) or the status it runs in (see cancel.lua)."""
-        return as_str(self._cancel(keys=[self._keys.record(execution_id)]))
+    def request_cancel(self, execution_id: str, cancelled_by: str | None = None) -> str:
+        """Mark the cancel (and who asked, `cancelledBy`); 'unknown', 'ended:<status>',
+        'queued' (nothing runs it: the caller ends it) or the status it runs in (cancel.lua)."""
+        keys = [self._keys.record(execution_id)]
+        return as_str(self._cancel(keys=keys, args=[cancelled_by or ""]))
 
     def cancel_requested(self, execution_id: str) -> bool:
         return self.field(execution_id, F.CANCEL_REQUESTED) == "1"

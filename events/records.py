@@ -77,6 +77,7 @@ class ExecutionRecord(BaseModel):
     playbook_version: int | None = None
     rerun_of: str | None = None
     submitted_by: str | None = None
+    cancelled_by: str | None = None
     schedule_id: str | None = None
     scheduled_at: str | None = None
 
@@ -129,6 +130,7 @@ def record_from_hash(raw: Mapping[str, str]) -> ExecutionRecord:
         playbook_version=_int_or_none(raw.get(F.PLAYBOOK_VERSION)),
         rerun_of=raw.get(F.RERUN_OF) or None,
         submitted_by=raw.get(F.SUBMITTED_BY) or None,
+        cancelled_by=raw.get(F.CANCELLED_BY) or None,
         schedule_id=raw.get(F.SCHEDULE_ID) or None,
         scheduled_at=raw.get(F.SCHEDULED_AT) or None,
     )

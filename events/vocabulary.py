@@ -97,6 +97,8 @@ class RecordField(StrEnum):
     RERUN_OF = "rerunOf"
     # Who started it (CONTRACT §9/§10): a token's name, or `schedule:<id>` for a scheduled run.
     SUBMITTED_BY = "submittedBy"
+    # Who cancelled it (CONTRACT §9): the token's name.
+    CANCELLED_BY = "cancelledBy"
     # A scheduled run (CONTRACT §10): its schedule and the tick it is the run of (RFC 3339).
     SCHEDULE_ID = "scheduleId"
     SCHEDULED_AT = "scheduledAt"

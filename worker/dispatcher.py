@@ -192,11 +192,12 @@ class Dispatcher:
         # would hold the caller's 503 for another broker timeout; the caller is the one told.
         finish(self.rt, execution_id, self.tasks, notify=False)
 
-    def cancel(self, execution_id: str) -> None:
-        """Cancel a queued or running execution. UnknownExecutionError if there is none,
-        ExecutionEndedError if it already ended (nothing changes then)."""
+    def cancel(self, execution_id: str, *, cancelled_by: str | None = None) -> None:
+        """Cancel a queued or running execution (its record names `cancelled_by`).
+        UnknownExecutionError if there is none, ExecutionEndedError if it already ended
+        (nothing changes then)."""
         rt = self.rt
-        found = rt.records.request_cancel(execution_id)
+        found = rt.records.request_cancel(execution_id, cancelled_by)
         if found == Outcome.UNKNOWN:
             raise UnknownExecutionError(execution_id)
         if found.startswith(Outcome.ENDED + ":"):

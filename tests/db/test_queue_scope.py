@@ -143,6 +143,11 @@ def test_a_web_scoped_operator_sees_and_acts_on_web_only(relay: RelayProcess) ->
 
         assert _ended(admin, web_ex)["status"] == "completed"
         assert _ended(admin, db_ex)["status"] == "completed"
+        # Who started each (CONTRACT §9): the token's name, listed and filterable.
+        assert admin.get(f"/api/executions/{web_ex}").json()["submittedBy"] == "web-op"
+        assert admin.get(f"/api/executions/{db_ex}").json()["submittedBy"] == "env-1"
+        mine = admin.get("/api/executions", params={"submittedBy": "web-op"}).json()
+        assert [r["executionId"] for r in mine] == [web_ex]
         assert "web 4" in web_op.get(f"/api/executions/{web_ex}/output").text
     # The admin's stream saw both; the scoped token's streams saw only the web run.
     wait_until(lambda: {web_ex, db_ex} <= collectors[2].seen, timeout_s=10, what="admin sees both")

@@ -148,8 +148,8 @@ class FakeDispatcher:
         """The scripted runs run where a real run would not: on the default queue."""
         return frozenset({self.settings.default_queue})
 
-    def cancel(self, execution_id: str) -> None:
-        found = self.records.request_cancel(execution_id)
+    def cancel(self, execution_id: str, *, cancelled_by: str | None = None) -> None:
+        found = self.records.request_cancel(execution_id, cancelled_by)
         if found == "unknown":
             raise UnknownExecutionError(execution_id)
         if found.startswith("ended:"):

@@ -69,7 +69,10 @@ def test_cancel_through_the_relay(celery_relay: RelayProcess) -> None:
                     assert api.post(f"/api/executions/{ex}/cancel").status_code == 202
                 if m.event == "execution_complete":
                     assert json.loads(m.data)["payload"]["status"] == "cancelled"
-        assert wait_status(api, ex, "cancelled")["status"] == "cancelled"
+        record = wait_status(api, ex, "cancelled")
+        assert record["status"] == "cancelled"
+        # Who started and who cancelled it (CONTRACT §9): the first CLOUDOPS_API_TOKENS entry.
+        assert (record["submittedBy"], record["cancelledBy"]) == ("env-1", "env-1")
         assert api.post(f"/api/executions/{ex}/cancel").status_code == 409
         assert api.post("/api/executions/ex_00000000000000000000/cancel").status_code == 404
 
