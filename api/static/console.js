@@ -18,6 +18,7 @@ import { fmtDuration, fmtTime } from "/static/format.js";
 import { HostsPanel } from "/static/hosts.js";
 import { SavedPlaybooks } from "/static/saved.js";
 import { SchedulesPanel } from "/static/schedules.js";
+import { AuditPanel } from "/static/audit.js";
 import { Term, TerminalView } from "/static/terminal.js";
 
 const TOKEN_KEY = "cloudops.token";
@@ -832,6 +833,33 @@ function signOut(message) {
   location.reload();
 }
 
+/** Who is signed in (GET /api/whoami), shown in the top bar; the page hides what the role may
+ * not do (console.css, `data-role`) and an admin gets the audit panel. */
+async function showIdentity() {
+  let me = null;
+  try {
+    me = await api("/api/whoami");
+  } catch {
+    // An older relay without the route: nothing hidden, the relay still refuses what it must.
+  }
+  document.body.dataset.role = me ? me.role : "unknown";
+  if (!me) return;
+  const scope = me.queues ? ` · queues ${me.queues.join(", ")}` : "";
+  const who = $("whoami");
+  who.textContent = `${me.name} · ${me.role}${scope}`;
+  who.dataset.role = me.role;
+  who.hidden = false;
+  if (me.role === "admin") {
+    new AuditPanel({
+      getJson: (path) => api(path),
+      listEl: $("audit"),
+      countEl: $("audit-count"),
+      emptyEl: $("audit-empty"),
+      errorEl: $("audit-error"),
+    }).start();
+  }
+}
+
 async function start(token) {
   app.token = token;
   const gateError = $("token-error");
@@ -865,6 +893,7 @@ async function start(token) {
     },
     ended: notifyEnd,
   });
+  await showIdentity();
   setupForms();
   renderNotifyButton();
   new HostsPanel({

@@ -17,8 +17,8 @@ export function span(cls, text) {
   return node;
 }
 
-/** A sidebar list asked for again every few seconds (hosts, schedules): `path`, `what`,
- * `render(rows)` and `row(item)` are the subclass's. */
+/** A sidebar list asked for again every few seconds (hosts, schedules, audit): `path`, `what`
+ * and `row(item)` are the subclass's, and `count(rows)` when the count is not the length. */
 export class PolledPanel {
   constructor({ getJson, listEl, countEl, emptyEl, errorEl }) {
     Object.assign(this, { getJson, listEl, countEl, emptyEl, errorEl });
@@ -42,9 +42,25 @@ export class PolledPanel {
     }
   }
 
-  /** True when `e` says the list does not exist here (not an error to show); the default: never. */
-  unavailable(_e) {
-    return false;
+  render(rows) {
+    this.countEl.textContent = this.count(rows);
+    this.emptyEl.hidden = rows.length > 0;
+    this.listEl.replaceChildren(...rows.map((r) => this.row(r)));
+  }
+
+  count(rows) {
+    return String(rows.length);
+  }
+
+  /** True when `e` says the list does not exist here (not an error to show): a list kept in the
+   * history database (`needsDatabase`) on a fleet without one (503), said once, quietly. */
+  unavailable(e) {
+    if (!this.needsDatabase || e.status !== 503) return false;
+    this.listEl.replaceChildren();
+    this.countEl.textContent = "0";
+    this.emptyEl.textContent = e.message;
+    this.emptyEl.hidden = false;
+    return true;
   }
 }
 
@@ -52,11 +68,9 @@ export class HostsPanel extends PolledPanel {
   path = "/api/workers";
   what = "Hosts";
 
-  render(hosts) {
+  count(hosts) {
     const online = hosts.filter((h) => h.online).length;
-    this.countEl.textContent = `${online}/${hosts.length}`;
-    this.emptyEl.hidden = hosts.length > 0;
-    this.listEl.replaceChildren(...hosts.map((h) => this.row(h)));
+    return `${online}/${hosts.length}`;
   }
 
   row(h) {

@@ -10,22 +10,7 @@ import { PolledPanel, span } from "/static/hosts.js";
 export class SchedulesPanel extends PolledPanel {
   path = "/api/schedules";
   what = "Schedules";
-
-  unavailable(e) {
-    // A fleet without a history database has no schedules (503): said once, not as an error.
-    if (e.status !== 503) return false;
-    this.listEl.replaceChildren();
-    this.countEl.textContent = "0";
-    this.emptyEl.textContent = e.message;
-    this.emptyEl.hidden = false;
-    return true;
-  }
-
-  render(schedules) {
-    this.countEl.textContent = String(schedules.length);
-    this.emptyEl.hidden = schedules.length > 0;
-    this.listEl.replaceChildren(...schedules.map((s) => this.row(s)));
-  }
+  needsDatabase = true;
 
   row(s) {
     const li = document.createElement("li");

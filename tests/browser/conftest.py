@@ -15,7 +15,7 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -23,8 +23,10 @@ import pytest
 import redis
 from playwright.sync_api import Browser, Page, ViewportSize, sync_playwright
 
+from events.db import migrate
 from events.settings import Settings
 from tests.conftest import REDIS_URL, worker_env
+from tests.db.pg import create_pg_database, drop_pg_database
 from tests.helpers import REPO, ManagedProcess, cloudops_argv, free_port, start_process
 from tests.relay.helpers import RelayProcess, start_relay
 
@@ -101,6 +103,28 @@ def _start_relay(settings: Settings, log_dir: Path, token: str, port: int) -> Re
 
 # Package scope, not session: Playwright's sync API keeps an event loop running in this thread
 # until it stops, and later tests (the relay's) call asyncio.run().
+@contextlib.contextmanager
+def database_relay(fleet: Fleet, name: str) -> Iterator[Fleet]:
+    """The package's fleet (its worker, its Redis) behind a relay of its own with a PostgreSQL
+    history database (saved playbooks, named tokens, the audit log live there), made for the
+    caller and dropped after."""
+    url = create_pg_database(name)
+    migrate.upgrade(url)
+    port = free_port()
+    relay = start_relay(
+        fleet.settings,
+        fleet.log_dir / f"relay-{name}.log",
+        tokens=(fleet.token,),
+        port=port,
+        env={"RELAY_TEST_DISPATCHER": "celery", "CLOUDOPS_DATABASE_URL": url},
+    )
+    try:
+        yield replace(fleet, port=port, relay=relay)
+    finally:
+        relay.stop()
+        drop_pg_database(url)
+
+
 @pytest.fixture(scope="package")
 def chromium() -> Iterator[Browser]:
     if not CHROMIUM.exists():

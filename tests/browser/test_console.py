@@ -37,6 +37,7 @@ STATIC_PATHS = {
     "/static/format.js",
     "/static/hosts.js",
     "/static/saved.js",
+    "/static/audit.js",
     "/static/schedules.js",
     "/static/terminal.js",
 }

@@ -7,17 +7,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 
 import pytest
 from playwright.sync_api import Page, expect
 
-from events.db import migrate
-from tests.browser.conftest import Fleet
+from tests.browser.conftest import Fleet, database_relay
 from tests.browser.console_page import ConsolePage
-from tests.db.pg import create_pg_database, drop_pg_database
-from tests.helpers import free_port
-from tests.relay.helpers import start_relay
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
@@ -40,27 +35,14 @@ steps:
 
 @pytest.fixture(scope="module")
 def saved_fleet(fleet: Fleet) -> Iterator[Fleet]:
-    """The package's fleet (its worker, its Redis) behind a relay of its own with a database."""
-    url = create_pg_database("console")
-    migrate.upgrade(url)
-    port = free_port()
-    relay = start_relay(
-        fleet.settings,
-        fleet.log_dir / "relay-saved.log",
-        tokens=(fleet.token,),
-        port=port,
-        env={"RELAY_TEST_DISPATCHER": "celery", "CLOUDOPS_DATABASE_URL": url},
-    )
-    try:
-        with relay.client() as api:
+    """A relay with a database (saved playbooks live there), the playbook saved through it."""
+    with database_relay(fleet, "console") as db_fleet:
+        with db_fleet.api() as api:
             resp = api.put(
                 "/api/playbooks/deploy-web", content=SAVED, headers={"Content-Type": "text/yaml"}
             )
             assert resp.status_code == 201, resp.text
-        yield replace(fleet, port=port, relay=relay)
-    finally:
-        relay.stop()
-        drop_pg_database(url)
+        yield db_fleet
 
 
 def test_pick_a_saved_playbook_fill_its_typed_form_and_see_the_run_live(
