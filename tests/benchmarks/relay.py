@@ -61,11 +61,11 @@ class Server:
         self.proc.stop(timeout_s=10)
 
 
-def start_relay(fleet: Fleet) -> Server:
+def start_relay(fleet: Fleet, extra_env: dict[str, str] | None = None) -> Server:
     # Every client of a row comes from one address with one token: the per-token and
     # per-address stream limits (100 and 200 by default, issue 20) would refuse most of them.
     limits = {"CLOUDOPS_MAX_STREAMS_PER_TOKEN": "5000", "CLOUDOPS_MAX_STREAMS_PER_ADDRESS": "5000"}
-    env = worker_env(fleet.settings, {"CLOUDOPS_API_TOKENS": TOKEN} | limits)
+    env = worker_env(fleet.settings, {"CLOUDOPS_API_TOKENS": TOKEN} | limits | (extra_env or {}))
     log_path = fleet.ctx.log_dir / f"{fleet.name}-relay.log"
     return Server(cloudops_argv("relay"), env, log_path, "relay")
 
@@ -90,9 +90,12 @@ class FanOut:
     refused_503: int
 
 
-def fan_out(fleet: Fleet, relay: Server, clients: int, duration_s: float) -> FanOut:
-    """One chatty execution followed by `clients` SSE streams, all connected before its first
-    line; every stream must carry the history's output byte for byte."""
+def fan_out(
+    fleet: Fleet, relay: Server, clients: int, duration_s: float, token: str = TOKEN
+) -> FanOut:
+    """One chatty execution followed by `clients` SSE streams (each with `token`), all
+    connected before its first line; every stream must carry the history's output byte for
+    byte."""
     go_file = fleet.ctx.out_dir / f"go-{fleet.ctx.run_id}-{clients}"
     go_file.unlink(missing_ok=True)
     command = " ".join(chatty_argv(duration_s, FANOUT_LINE_BYTES, go_file))
@@ -100,7 +103,7 @@ def fan_out(fleet: Fleet, relay: Server, clients: int, duration_s: float) -> Fan
     path = f"/api/executions/{execution_id}/events"
     try:
         with Probe(
-            "follow", HOST, str(relay.port), TOKEN, path, str(clients),
+            "follow", HOST, str(relay.port), token, path, str(clients),
             module="tests.benchmarks.sse_clients",
         ) as probe:  # fmt: skip
             go_file.touch()

@@ -34,6 +34,7 @@ ROW_MODULES = (
     "memory",
     "batch",
     "relay",
+    "roles",
     "ha",
     "archive",
     "bus_archiving",
