@@ -47,9 +47,17 @@ class Dispatcher(Protocol):
         it for (`scheduleId`, `scheduledAt`, and `submittedBy: schedule:<id>`)."""
         ...
 
-    def rerun(self, source: RerunSource, hosts: RerunHosts, params: Params = None) -> str:
+    def rerun(
+        self,
+        source: RerunSource,
+        hosts: RerunHosts,
+        params: Params = None,
+        *,
+        submitted_by: str | None = None,
+    ) -> str:
         """Queue a new execution rerunning what of ended execution `source` did not succeed
-        (events.rerun.plan_rerun decides what); its id, its record naming `rerunOf`.
+        (events.rerun.plan_rerun decides what); its id, its record naming `rerunOf` (and
+        `submittedBy`).
         CannotRerunError (a 409) when it has not ended or nothing is left to rerun. `params`:
         the old run's secret params, given again (never stored: a ProblemsError names each
         one missing)."""

@@ -258,7 +258,8 @@ async def rerun_execution(
     if source is None:
         raise UnknownExecutionError(execution_id)
     asked = body or RerunRequest()
-    new_id = await run_in_threadpool(relay.dispatcher.rerun, source, asked.hosts, asked.params)
+    rerun = partial(relay.dispatcher.rerun, submitted_by=identity.name)
+    new_id = await run_in_threadpool(rerun, source, asked.hosts, asked.params)
     response.headers["Location"] = f"/api/executions/{new_id}"
     return SubmitResponse(execution_id=new_id)
 

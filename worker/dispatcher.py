@@ -120,13 +120,20 @@ class Dispatcher:
             self._not_queued(execution_id, e)
             raise
 
-    def rerun(self, source: RerunSource, hosts: RerunHosts, params: Params = None) -> str:
+    def rerun(
+        self,
+        source: RerunSource,
+        hosts: RerunHosts,
+        params: Params = None,
+        *,
+        submitted_by: str | None = None,
+    ) -> str:
         """Queue the rerun of an ended execution (events.rerun says what it runs); `params`:
         its secret params again (worker.playbook.secrets.rerun_secrets)."""
         plan = plan_rerun(source, hosts)
         assert source.spec is not None  # plan_rerun refuses a source without one
         spec = source.spec
-        extra: dict[str, str] = {F.RERUN_OF: source.execution_id}
+        extra: dict[str, str] = {F.RERUN_OF: source.execution_id} | origin_fields(submitted_by)
         if source.saved is not None:
             extra |= SavedRef(*source.saved).record_fields()
         if source.record.get("commandType") != CommandType.PLAYBOOK:

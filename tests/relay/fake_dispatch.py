@@ -124,12 +124,21 @@ class FakeDispatcher:
         self._start(self._run_playbook, execution_id, name, parsed)
         return execution_id
 
-    def rerun(self, source: RerunSource, hosts: RerunHosts, params: Params = None) -> str:
+    def rerun(
+        self,
+        source: RerunSource,
+        hosts: RerunHosts,
+        params: Params = None,
+        *,
+        submitted_by: str | None = None,
+    ) -> str:
         """The real rule (events.rerun) over the scripted runs: a command again, or the steps
         of a playbook from the first that did not succeed (these never fan out)."""
         plan = plan_rerun(source, hosts)
         spec = source.spec or {}
         extra: dict[str, str] = {RecordField.RERUN_OF: source.execution_id}
+        if submitted_by:
+            extra[RecordField.SUBMITTED_BY] = submitted_by
         if "steps" in spec:
             steps = [(s, n, c) for s, n, c in spec["steps"][plan.start_index :]]
             return self._queue_playbook(str(spec["playbook"]), steps, extra)

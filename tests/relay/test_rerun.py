@@ -85,6 +85,7 @@ def test_rerun_of_a_fan_out_step_on_its_failed_host_then_the_later_steps(
         events = events_of(api, new)
         record = wait_status(api, new, "completed")
         assert record["rerunOf"] == ex and record["command"] == "rerun-fleet"
+        assert record["submittedBy"] == "env-1"  # who asked for the rerun (CONTRACT §9)
         # The remaining steps, numbered from 1, with their ids; the fan-out step on w2 alone.
         assert [s["stepId"] for s in record["steps"]] == ["fan", "after"]
         assert [(h["host"], h["status"]) for h in record["steps"][0]["hosts"]] == [
