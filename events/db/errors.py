@@ -56,14 +56,15 @@ class DatabaseUnavailableError(CloudOpsError):
 
 # The one wording of "no database", for the relay's 503 and the CLI's client alike.
 NEEDS_DATABASE = " need the history database: CLOUDOPS_DATABASE_URL is not set"
-NO_DATABASE = "saved playbooks and schedules" + NEEDS_DATABASE
+SAVED_THINGS = "saved playbooks and schedules"
+NO_DATABASE = SAVED_THINGS + NEEDS_DATABASE
 
 
 class NoDatabaseError(ConfigError):
     """Something that lives only in the database (saved playbooks, API tokens) was asked for
     on a fleet without CLOUDOPS_DATABASE_URL; `what` names it."""
 
-    def __init__(self, what: str = "saved playbooks") -> None:
+    def __init__(self, what: str = SAVED_THINGS) -> None:
         super().__init__(what + NEEDS_DATABASE)
         self.what = what
 
