@@ -244,9 +244,10 @@ def list_executions(
 
 
 def _record_line(rec: dict[str, Any]) -> str:
+    """One execution of `cloudops ls`: id, status, queued at, who started it, the command."""
     return (
         f"{rec['executionId']}  {rec['status']:<9}  {rec.get('queuedAt', ''):<27}  "
-        f"{rec['command'][:60]}"
+        f"{rec.get('submittedBy') or '-':<16}  {rec['command'][:60]}"
     )
 
 

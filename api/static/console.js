@@ -315,6 +315,8 @@ function renderDetail(x) {
     facts.push(el("div", { class: "fact" }, ...pair));
   };
   fact("type", x.commandType);
+  fact("submitted by", x.submittedBy);
+  fact("cancelled by", x.cancelledBy);
   fact("worker", x.worker);
   fact("started", fmtTime(x.startedAt));
   fact(TERMINAL_STATUSES.has(x.status) ? "took" : "running for", fmtDuration(elapsedMs(x)));

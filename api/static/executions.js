@@ -184,13 +184,13 @@ export class Executions {
 
   mergeRecord(x, rec) {
     x.recordLoaded = true;
-    for (const k of ["command", "commandType", "queuedAt", "startedAt", "worker"]) {
+    for (const k of ["command", "commandType", "queuedAt", "startedAt", "worker", "submittedBy"]) {
       if (rec[k] !== undefined) x[k] = rec[k];
     }
     if (rec.options) x.options = rec.options;
     raiseStatus(x, rec.status);
     if (TERMINAL_STATUSES.has(rec.status)) {
-      for (const k of ["completedAt", "durationMs", "exitCode", "error"]) {
+      for (const k of ["completedAt", "durationMs", "exitCode", "error", "cancelledBy"]) {
         if (rec[k] !== undefined) x[k] = rec[k];
       }
     }

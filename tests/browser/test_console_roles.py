@@ -71,6 +71,8 @@ def test_an_admin_sees_the_audit_log(page: Page, roles_relay: tuple[Fleet, dict[
     fleet, _ = roles_relay
     console = sign_in_on_running(page, fleet, fleet.token)
     expect(page.get_by_test_id("whoami")).to_have_text("env-1 · admin")
+    # Who started it (CONTRACT §9), in the execution's facts.
+    expect(page.locator(".fact", has_text="submitted by")).to_contain_text("env-1")
     expect(page.get_by_test_id("cancel-execution")).to_be_visible()
     panel = page.get_by_test_id("audit-panel")
     expect(panel).to_be_visible()

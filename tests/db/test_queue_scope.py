@@ -10,6 +10,7 @@ carries both)."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from events.db.schema import api_tokens
 from events.settings import Settings
 from tests.conftest import StartWorker
 from tests.db.pg import empty_tables
-from tests.helpers import wait_until
+from tests.helpers import run_cloudops, venv_path_env, wait_until
 from tests.relay.helpers import RelayProcess, sse_events, start_relay
 
 pytestmark = pytest.mark.integration
@@ -149,6 +150,13 @@ def test_a_web_scoped_operator_sees_and_acts_on_web_only(relay: RelayProcess) ->
         mine = admin.get("/api/executions", params={"submittedBy": "web-op"}).json()
         assert [r["executionId"] for r in mine] == [web_ex]
         assert "web 4" in web_op.get(f"/api/executions/{web_ex}/output").text
+    # `cloudops ls` through the relay says who started each.
+    env = venv_path_env({k: v for k, v in os.environ.items() if not k.startswith("CLOUDOPS_")})
+    env |= {"CLOUDOPS_API_URL": relay.base_url, "CLOUDOPS_API_TOKEN": ADMIN}
+    ls = run_cloudops("ls", env=env)
+    assert ls.returncode == 0, ls.stderr
+    lines = {line.split()[0]: line.split()[3] for line in ls.stdout.splitlines()}
+    assert (lines[web_ex], lines[db_ex]) == ("web-op", "env-1")
     # The admin's stream saw both; the scoped token's streams saw only the web run.
     wait_until(lambda: {web_ex, db_ex} <= collectors[2].seen, timeout_s=10, what="admin sees both")
     wait_until(lambda: all(web_ex in c.seen for c in collectors[:2]), timeout_s=10, what="web")
