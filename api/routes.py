@@ -37,6 +37,7 @@ from events.db.search import NEXT_CURSOR, SearchFilter, cursor_key
 from events.errors import UnknownExecutionError
 from events.notifications import Attempt
 from events.records import ExecutionRecord
+from events.requests import Params, PlaybookSource
 
 bearer_scheme = HTTPBearer(
     auto_error=False, description="A token of CLOUDOPS_API_TOKENS: `Authorization: Bearer <token>`"
@@ -91,6 +92,14 @@ async def submit_execution(
     dispatcher = relay.dispatcher
     body.check()
     scoped = identity.queues is not None
+
+    async def start_playbook(playbook: PlaybookSource, params: Params = None) -> str:
+        if scoped:
+            queues = await run_in_threadpool(dispatcher.playbook_queues, playbook, params)
+            check_queues(identity, queues)
+        submit = partial(dispatcher.submit_playbook, submitted_by=identity.name)
+        return await run_in_threadpool(submit, playbook, params)
+
     if isinstance(body, PlaybookRequest) and body.playbook_name is not None:
         params = body.param_strings()
 
@@ -108,22 +117,9 @@ async def submit_execution(
             start, dispatcher, store_of(relay), body.playbook_name, params
         )
     elif isinstance(body, PlaybookRequest):
-        if scoped:
-            queues = await run_in_threadpool(
-                dispatcher.playbook_queues, body.playbook, body.param_strings()
-            )
-            check_queues(identity, queues)
-        execution_id = await run_in_threadpool(
-            partial(dispatcher.submit_playbook, submitted_by=identity.name),
-            body.playbook,
-            body.param_strings(),
-        )
+        execution_id = await start_playbook(body.playbook, body.param_strings())
     elif (adhoc := body.as_playbook()) is not None:
-        if scoped:
-            check_queues(identity, await run_in_threadpool(dispatcher.playbook_queues, adhoc))
-        execution_id = await run_in_threadpool(
-            partial(dispatcher.submit_playbook, submitted_by=identity.name), adhoc
-        )
+        execution_id = await start_playbook(adhoc)
     else:
         check_queues(identity, frozenset({relay.settings.default_queue}))
         options = body.options.to_options() if body.options is not None else None

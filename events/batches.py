@@ -110,6 +110,12 @@ def _reply(conn: Any) -> Any:
         return e
 
 
+def _to_all(it: Item, all_output: bool) -> bool:
+    """Whether `it` goes to the all-executions channel: control events always, output only
+    while someone listens there (BatchSender._all_output)."""
+    return all_output or not it.out_bytes
+
+
 def _raise_first_error(replies: Sequence[Any]) -> None:
     for r in replies:
         if isinstance(r, Exception):
@@ -242,7 +248,7 @@ class BatchSender:
                     it.tail,
                     TRUNCATED_FIELD,
                     keys.channel(ex),
-                    keys.channel_all() if all_output or not it.out_bytes else "",
+                    keys.channel_all() if _to_all(it, all_output) else "",
                     s.history_ttl_s,
                     it.out_bytes,
                     s.max_output_bytes,
@@ -308,7 +314,7 @@ class BatchSender:
                 ex = it.execution_id
                 commands.append(("XADD", keys.history(ex), b"%d-0" % seq, "e", env))
                 commands.append(("PUBLISH", keys.channel(ex), env))
-                if all_output or not it.out_bytes:
+                if _to_all(it, all_output):
                     commands.append(("PUBLISH", keys.channel_all(), env))
         commands += [tuple(w) for w in writes]
         commands.append(("EXEC",))
