@@ -39,7 +39,7 @@ from redis.connection import PythonRespSerializer
 from events.keys import Keys
 from events.scripts import script
 from events.settings import Settings
-from events.wire import TRUNCATED_FIELD, envelope
+from events.wire import TRUNCATED_FIELD, Encoded, Parts
 
 # What a script answers for an event it did not publish (events/lua/rules.lua).
 DROPPED_COMPLETE = -1
@@ -67,8 +67,7 @@ class Item:
 
     execution_id: str
     event: str
-    head: bytes
-    tail: bytes
+    encoded: Encoded
     # UTF-8 bytes of the envelope, counted against the output cap; 0 for anything but output.
     out_bytes: int
     complete: bool
@@ -79,7 +78,7 @@ class Item:
 
     @property
     def size(self) -> int:
-        return len(self.head) + len(self.tail)
+        return len(self.encoded)
 
 
 class _Script:
@@ -100,6 +99,35 @@ def _encode(value: object) -> bytes | memoryview:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return repr(value).encode()
     raise TypeError(f"cannot send {type(value).__name__} to Redis")
+
+
+class _Envelope:
+    """An envelope in parts (`Encoded.parts`): one bulk argument to Redis, never joined."""
+
+    __slots__ = ("nbytes", "parts")
+
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
+        self.nbytes = sum(len(p) for p in parts)
+
+
+class _Packer(PythonRespSerializer):
+    """redis-py's Python packer (its `command_packer` extension point), plus one argument
+    type: `_Envelope`, framed as one bulk string whose parts go to the socket as they are. The
+    same payload body then goes to XADD and PUBLISH without a joined copy for each; redis-py's
+    `pack_commands` still merges the small pieces around it into one buffer."""
+
+    def pack(self, *args: Any) -> list[bytes | memoryview]:
+        if not any(isinstance(a, _Envelope) for a in args):
+            return super().pack(*args)  # type: ignore[no-any-return,no-untyped-call]
+        out: list[bytes | memoryview] = [b"*%d\r\n" % len(args)]
+        for a in args:
+            if isinstance(a, _Envelope):
+                out += (b"$%d\r\n" % a.nbytes, *a.parts, b"\r\n")
+            else:
+                b = _encode(a)
+                out += (b"$%d\r\n" % len(b), b, b"\r\n")
+        return out
 
 
 def _reply(conn: Any) -> Any:
@@ -203,7 +231,7 @@ class BatchSender:
         much as a small batch's whole round trip. A forked child makes its own."""
         if self._conn is None or self._conn_pid != os.getpid():
             pool = self.client.connection_pool
-            packer = PythonRespSerializer(_BUFFER_CUTOFF, _encode)
+            packer = _Packer(_BUFFER_CUTOFF, _encode)
             self._conn = pool.connection_class(**pool.connection_kwargs, command_packer=packer)
             self._conn_pid = os.getpid()
             self._load_scripts(self._conn)
@@ -244,8 +272,8 @@ class BatchSender:
                     keys.history(ex),
                     keys.record(ex),
                     keys.stat("events"),
-                    it.head,
-                    it.tail,
+                    it.encoded.head,
+                    it.encoded.tail(),
                     TRUNCATED_FIELD,
                     keys.channel(ex),
                     keys.channel_all() if _to_all(it, all_output) else "",
@@ -310,7 +338,7 @@ class BatchSender:
         commands: list[tuple[Any, ...]] = [("MULTI",)]
         for it, seq, mark in zip(batch, ids, marks, strict=True):
             if seq > 0:
-                env = envelope(it.head, seq, it.tail, truncated=bool(mark))
+                env = _Envelope(it.encoded.parts(seq, truncated=bool(mark)))
                 ex = it.execution_id
                 commands.append(("XADD", keys.history(ex), b"%d-0" % seq, "e", env))
                 commands.append(("PUBLISH", keys.channel(ex), env))

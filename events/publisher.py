@@ -91,7 +91,7 @@ class Publisher:
             if admitted is None:
                 return None
             payload = admitted
-        head, tail = encode_payload(payload)
+        encoded = encode_payload(payload)
         pairs: list[str] = []
         for k, v in (record or {}).items():
             pairs += [k, str(v)]
@@ -99,9 +99,8 @@ class Publisher:
         item = Item(
             execution_id=execution_id,
             event=name,
-            head=head,
-            tail=tail,
-            out_bytes=len(head) + len(tail) if is_output else 0,
+            encoded=encoded,
+            out_bytes=len(encoded) if is_output else 0,
             complete=name == "execution_complete",
             record=pairs,
             done=threading.Event() if wait else None,
