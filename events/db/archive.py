@@ -35,11 +35,11 @@ history TTL, 7 days by default).
 
 Cost per execution: one executions row and its index entries (1.4 KB measured at a million
 rows, record JSON and trigram index included), one execution_hosts row per host, and one
-event_batches row per 2000 events or 1 MiB of envelopes (newline-joined, zlib level 1 above
-1 KiB: the benchmark's terminal output stored 9x smaller, 111 MB of envelopes in 12 MB). A
+event_batches row per 2000 events or 1 MiB of envelopes (newline-joined, zstd level 1 above
+1 KiB: the benchmark's terminal output stored 11x smaller, 93 MB of envelopes in 8 MB). A
 running execution adds a row update and a small batch per 5 s while it prints. Throughput
-(tests/benchmarks/archive.py): about half a raw COPY of the same events, a row per event;
-reading the events out of Redis alone costs as much as that COPY.
+(tests/benchmarks/archive.py): 0.69x a raw COPY of the same events, a row per event (0.50x
+while batches were zlib'd); reading the events out of Redis is now the larger part.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ class Archiver:
             for group in groups:
                 stats.add(self.archive_many(group))
             return stats
-        # Groups in parallel: each waits on Redis or the database (or zlib, which lets go of
+        # Groups in parallel: each waits on Redis or the database (or zstd, which lets go of
         # the GIL) much of its time. SQLite has one writer at a time: no point there.
         with ThreadPoolExecutor(threads, thread_name_prefix="cloudops-archive") as pool:
             for s in pool.map(self.archive_many, groups):

@@ -169,9 +169,10 @@ execution_hosts = Table(
 )
 Index("ix_execution_hosts_host", execution_hosts.c.host, execution_hosts.c.execution_id)
 
-# Codecs of event_batches.data.
+# Codecs of event_batches.data. New batches are zstd; zlib ones (written before zstd) are read.
 CODEC_PLAIN = 0
 CODEC_ZLIB = 1
+CODEC_ZSTD = 2
 
 event_batches = Table(
     "event_batches",
@@ -181,7 +182,7 @@ event_batches = Table(
     Column("first_id", BigInteger, nullable=False),
     Column("last_id", BigInteger, nullable=False),
     Column("codec", SmallInteger, nullable=False),
-    # The envelopes, newline-separated (an envelope's JSON holds no raw newline), maybe zlib'd.
+    # The envelopes, newline-separated (an envelope's JSON holds no raw newline), maybe compressed.
     Column("data", LargeBinary, nullable=False),
     Column("raw_bytes", Integer, nullable=False),
     # (execution_id, first_id) makes a retried insert of the same batch a no-op.

@@ -188,7 +188,7 @@ def archive_row(ctx: Context) -> list[Figure]:
     ours_eps = statistics.median(ours)
     note = (
         f"{executions_n} executions x {events_each + 2} events, {raw_mb:.0f} MB of envelopes"
-        f" ({stored_mb:.0f} MB stored, zlib); median of {repeats}, run alternately"
+        f" ({stored_mb:.0f} MB stored, zstd); median of {repeats}, run alternately"
     )
     return [
         Figure(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import zlib
 
 import pytest
 from hypothesis import given
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from events.db.batches import cut, frame, pack, unpack
 from events.db.errors import CorruptBatchError
-from events.db.schema import CODEC_PLAIN, CODEC_ZLIB
+from events.db.schema import CODEC_PLAIN, CODEC_ZLIB, CODEC_ZSTD
 
 
 def envelope(i: int, text: str = "x") -> bytes:
@@ -23,8 +24,14 @@ def test_a_batch_gives_back_exactly_its_bytes() -> None:
     rng = random.Random(3)
     envs = [envelope(i, 'é\\n"' * rng.randint(0, 600)) for i in range(1, 200)]
     b = pack(1, envs)
-    assert b.codec == CODEC_ZLIB and len(b.data) < b.raw_bytes
+    assert b.codec == CODEC_ZSTD and len(b.data) < b.raw_bytes
     assert unpack("ex_1", b.first_id, b.last_id, b.codec, b.data) == envs
+
+
+def test_zlib_batches_of_earlier_versions_read_back() -> None:
+    envs = [envelope(i, "line\n" * 40) for i in range(1, 50)]
+    data = zlib.compress(b"\n".join(envs), 1)
+    assert unpack("ex_1", 1, 49, CODEC_ZLIB, data) == envs
 
 
 def test_small_batches_are_stored_plain() -> None:
@@ -69,6 +76,8 @@ def test_a_corrupt_batch_is_named() -> None:
         unpack("ex_1", 1, 3, b.codec, b.data)
     with pytest.raises(CorruptBatchError, match="zlib"):
         unpack("ex_1", 1, 2, CODEC_ZLIB, b"not zlib")
+    with pytest.raises(CorruptBatchError, match="zstd"):
+        unpack("ex_1", 1, 2, CODEC_ZSTD, b"not zstd")
 
 
 def test_a_newline_inside_an_envelope_is_compacted_not_split() -> None:
