@@ -55,7 +55,7 @@ _BUFFER_CUTOFF = 6000
 # One WAIT blocks at most this long: less than the connection's 5 s read timeout.
 _MAX_WAIT_MS = 4000
 # How often a sender asks Redis whether anyone listens to the all-executions channel: output
-# goes there only while someone does (see `BatchSender.all_output`).
+# goes there only while someone does (see `BatchSender._all_output`).
 ALL_CHECK_S = 0.5
 
 log = logging.getLogger(__name__)
@@ -187,18 +187,34 @@ class BatchSender:
 
     def _all_output(self, conn: Any) -> bool:
         """Whether output chunks also go to the all-executions channel: only while someone
-        subscribes to it (asked at most every ALL_CHECK_S). Nobody listening, a copy of every
-        chunk there was a third of the bytes the bus sends to Redis (issue 19). Control events
-        always go: a new listener sees every execution's next event at once, and its output
-        from at most ALL_CHECK_S later; the relay's all-executions feed fills what it missed
-        of an execution it knows from that execution's history (api/feed.py, AllFeed)."""
-        now = time.monotonic()
-        if now - self._all_checked_at >= ALL_CHECK_S:
-            (reply,) = self._roundtrip(conn, [("PUBSUB", "NUMSUB", self.keys.channel_all())])
-            _raise_first_error([reply])
-            self._all_listened = int(reply[1]) > 0
-            self._all_checked_at = now
+        subscribes to it. Nobody listening, a copy of every chunk there was a third of the
+        bytes the bus sends to Redis (issue 19). Control events always go: a new listener sees
+        every execution's next event at once, and its output from at most 2 x ALL_CHECK_S
+        later; the relay's all-executions feed fills what it missed of an execution it knows
+        from that execution's history (api/feed.py, AllFeed).
+
+        The question (PUBSUB NUMSUB) rides along in the round trips the batches make anyway
+        (`_all_query`), at most every ALL_CHECK_S; it costs a round trip of its own only when
+        the answer is older than twice that (after a quiet spell). Asked on its own before
+        every batch, it was an extra round trip for one sparse line in ten (issue 19)."""
+        if time.monotonic() - self._all_checked_at >= 2 * ALL_CHECK_S:
+            (reply,) = self._roundtrip(conn, [self._numsub()])
+            self._take_all(reply)
         return self._all_listened
+
+    def _numsub(self) -> tuple[Any, ...]:
+        return ("PUBSUB", "NUMSUB", self.keys.channel_all())
+
+    def _all_query(self) -> list[tuple[Any, ...]]:
+        """The NUMSUB to add to a batch's round trip, when a check is due."""
+        if time.monotonic() - self._all_checked_at < ALL_CHECK_S:
+            return []
+        return [self._numsub()]
+
+    def _take_all(self, reply: Any) -> None:
+        _raise_first_error([reply])
+        self._all_listened = int(reply[1]) > 0
+        self._all_checked_at = time.monotonic()
 
     # -- replicas ---------------------------------------------------------------------------
     def _wait_commands(self) -> list[tuple[Any, ...]]:
@@ -287,8 +303,10 @@ class BatchSender:
                     *it.record,
                 )
             )
-        wait = self._wait_commands()
-        replies = self._roundtrip(conn, commands + wait)
+        wait, ask = self._wait_commands(), self._all_query()
+        replies = self._roundtrip(conn, commands + wait + ask)
+        if ask:
+            self._take_all(replies.pop())  # for the next batches
         acked = replies.pop() if wait else None
         _raise_first_error(replies)
         if wait:
@@ -331,9 +349,13 @@ class BatchSender:
     ) -> list[int] | None:
         """One WATCH, plan, MULTI/EXEC; None when another publisher got in between."""
         keys = self.keys
-        all_output = self._all_output(conn)
-        watched, planned = self._roundtrip(conn, [("WATCH", *(keys.seq(e) for e in execs)), plan])
+        ask = self._all_query()
+        replies = self._roundtrip(conn, [("WATCH", *(keys.seq(e) for e in execs)), plan, *ask])
+        if ask:
+            self._take_all(replies.pop())
+        watched, planned = replies
         _raise_first_error([watched, planned])
+        all_output = self._all_listened
         ids, marks, writes = planned
         commands: list[tuple[Any, ...]] = [("MULTI",)]
         for it, seq, mark in zip(batch, ids, marks, strict=True):

@@ -769,7 +769,7 @@ def test_output_goes_to_the_all_channel_only_while_someone_subscribes(
 ) -> None:
     """Nobody subscribed: output skips the all-executions channel (a pattern subscription,
     which Redis's NUMSUB does not count, sees what goes there) while control events still go;
-    once someone subscribes, output goes there too within ALL_CHECK_S. Both the script path
+    once someone subscribes, output goes there too within 2 x ALL_CHECK_S. Both the script path
     (small batches) and the direct path (big output) follow the rule."""
     client = new_client(settings.redis_url or "")
     watcher = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
