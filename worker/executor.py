@@ -64,6 +64,39 @@ class RunResult:
     pid: int | None = None
 
 
+@dataclass(slots=True)
+class _PumpState:
+    """Where the pump stands with the command's end: its deadline, the leader's pidfd and exit,
+    the kill escalation."""
+
+    deadline: float | None  # the timeout, on the monotonic clock
+    exit_fd: int | None  # the leader's pidfd until it said the leader ended
+    leader_exited: bool  # the pidfd said so (True throughout without one: ask waitpid)
+    leader_done: bool = False  # waitpid confirmed it
+    give_up_at: float | None = None  # stop waiting for EOF of what left the session
+    kill_at: float | None = None  # SIGTERM was sent: SIGKILL at this time
+    timed_out: bool = False
+
+    def may_hold(self, stopping: bool) -> bool:
+        """Whether a trickling stream may be held (never while the command is being ended)."""
+        return self.kill_at is None and not self.leader_done and not stopping
+
+    def timeout(
+        self, now: float, flush_at: float | None, hold_due: float | None, stopping: bool
+    ) -> float | None:
+        """How long the poll may sleep: until the nearest thing due, or for ever."""
+        waits = [
+            flush_at,
+            None if self.timed_out or stopping else self.deadline,
+            self.kill_at,
+            None if self.exit_fd is not None or self.leader_done else now + 0.05,
+            self.give_up_at,
+            hold_due,
+        ]
+        nearest = min((w for w in waits if w is not None), default=None)
+        return None if nearest is None else max(0.0, nearest - now)
+
+
 @dataclass
 class _Tail:
     """The last `limit` characters of output, for execution_cancelled.partialOutput."""
@@ -244,33 +277,24 @@ class Executor:
         exit_fd = tree.exit_fd()
         if exit_fd is not None:
             sel.register(exit_fd, selectors.EVENT_READ)
-        deadline = None if self.spec.timeout_s is None else t0 + self.spec.timeout_s
-        timed_out = False
-        kill_at: float | None = None  # when SIGTERM was sent: SIGKILL at this time
-        leader_done = False
-        # A process that left the session (setsid) may hold our pipes after the leader died;
-        # we stop waiting for its EOF this long after the leader's end.
-        give_up_at: float | None = None
+        st = _PumpState(
+            deadline=None if self.spec.timeout_s is None else t0 + self.spec.timeout_s,
+            exit_fd=exit_fd,
+            # Unknown without a pidfd: ask waitpid at every wake-up.
+            leader_exited=exit_fd is None,
+        )
         pipes = Pipes(sel, streams, self._read, self._coalescer.interval_s)
-        leader_exited = exit_fd is None  # unknown without a pidfd: ask waitpid every time
         try:
             while pipes.open:
                 now = time.monotonic()
                 idle = self._idle()
-                may_hold = kill_at is None and not leader_done and self._stop_reason is None
+                stopping = self._stop_reason is not None
+                may_hold = st.may_hold(stopping)
                 if pipes.held and not may_hold:
                     pipes.read_held()
                     continue
-                waits = [
-                    self._coalescer.deadline(idle),
-                    None if timed_out or self._stop_reason else deadline,
-                    kill_at,
-                    None if exit_fd is not None or leader_done else now + 0.05,
-                    give_up_at,
-                    pipes.hold_due(),
-                ]
-                nearest = min((w for w in waits if w is not None), default=None)
-                timeout = None if nearest is None else max(0.0, nearest - now)
+                flush_at = self._coalescer.deadline(idle)
+                timeout = st.timeout(now, flush_at, pipes.hold_due(), stopping)
                 ready: list[int] = []
                 for key, _ in sel.select(timeout):
                     fd = int(key.fd)
@@ -278,10 +302,10 @@ class Executor:
                         ready.append(fd)
                     elif fd == self._wake_r:
                         _drain(fd)
-                    elif fd == exit_fd and tree.readable():
+                    elif fd == st.exit_fd and tree.readable():
                         sel.unregister(fd)
-                        exit_fd = None
-                        leader_exited = True
+                        st.exit_fd = None
+                        st.leader_exited = True
                 seen = time.monotonic()
                 idle = self._idle()
                 # What would go out at once is read at once: holding it would only delay it.
@@ -293,42 +317,40 @@ class Executor:
                     pipes.read_held()
                 if self._coalescer.due(now, idle):
                     self._coalescer.flush(now)
-                if give_up_at is not None and now >= give_up_at:
+                if st.give_up_at is not None and now >= st.give_up_at:
                     break
-                # With a pidfd, waitpid only once it said the leader ended: a syscall per
-                # wake-up is a tenth of what a chatty command costs us.
-                if not leader_done and leader_exited and tree.poll() is not None:
-                    leader_done = True
-                    give_up_at = now + self._grace_s + 1.0
-                    # The leader is gone: whatever it left running goes too, now.
-                    if kill_at is None and tree.leftovers():
-                        tree.signal(signal.SIGTERM)
-                        kill_at = now + min(self._grace_s, 1.0)
-                kill_at, timed_out = self._escalate(tree, now, deadline, kill_at, timed_out)
+                self._check_leader(tree, st, now)
+                self._escalate(tree, st, now)
         finally:
             sel.close()
         self._coalescer.close(time.monotonic())
-        return timed_out
+        return st.timed_out
 
-    def _escalate(
-        self,
-        tree: CommandTree,
-        now: float,
-        deadline: float | None,
-        kill_at: float | None,
-        timed_out: bool,
-    ) -> tuple[float | None, bool]:
+    def _check_leader(self, tree: CommandTree, st: _PumpState, now: float) -> None:
+        """Once the leader ended: stop waiting for EOF a grace period later, and end whatever
+        it left running. With a pidfd, waitpid only once it said the leader ended: a syscall
+        per wake-up is a tenth of what a chatty command costs us."""
+        if st.leader_done or not st.leader_exited or tree.poll() is None:
+            return
+        st.leader_done = True
+        # A process that left the session (setsid) may hold our pipes after the leader died.
+        st.give_up_at = now + self._grace_s + 1.0
+        if st.kill_at is None and tree.leftovers():
+            tree.signal(signal.SIGTERM)
+            st.kill_at = now + min(self._grace_s, 1.0)
+
+    def _escalate(self, tree: CommandTree, st: _PumpState, now: float) -> None:
         """SIGTERM the tree on a stop request or at the deadline, SIGKILL it after the grace
-        period; returns when to SIGKILL (again) and whether it timed out."""
-        if kill_at is None and (
-            self._stop_reason is not None or (deadline is not None and now >= deadline)
+        period (again every 0.2 s, for anything forked meanwhile)."""
+        if st.kill_at is None and (
+            self._stop_reason is not None or (st.deadline is not None and now >= st.deadline)
         ):
             tree.signal(signal.SIGTERM)
-            return now + self._grace_s, self._stop_reason is None
-        if kill_at is not None and now >= kill_at:
+            st.kill_at = now + self._grace_s
+            st.timed_out = self._stop_reason is None
+        elif st.kill_at is not None and now >= st.kill_at:
             tree.signal(signal.SIGKILL)
-            return now + 0.2, timed_out  # again, for anything forked meanwhile
-        return kill_at, timed_out
+            st.kill_at = now + 0.2
 
     def _read(self, fd: int, stream: Stream, seen: float) -> int | None:
         """One read: the bytes it brought, None at EOF. `seen`: when they were known to be
