@@ -25,7 +25,7 @@ from enum import StrEnum
 
 from events.coalescer import OutputCoalescer, Stream
 from events.masking import Masker
-from worker.guard import SERVER
+from worker.guard import SERVER, LaunchAborted
 from worker.pipes import Pipes
 from worker.proctree import CommandTree, SessionTree
 
@@ -131,8 +131,13 @@ class Executor:
         on_end: Callable[[], None] | None = None,
         guard: bool = True,
         output_idle: Callable[[], bool] | None = None,
+        before_spawn: Callable[[], None] | None = None,
     ) -> None:
         self.spec = spec
+        # Called when everything but the command's own start is done (pipes made, its guard
+        # forked): a fan-out step's start barrier waits there, so what is left after it is
+        # the start alone (worker/playbook/fanout.py).
+        self._before_spawn = before_spawn
         # Nothing of the execution's output is in flight (Publisher.output_idle): sparse
         # output then goes out at once (events/coalescer.py). Without it: the fixed window.
         self._idle = output_idle or _never
@@ -221,6 +226,8 @@ class Executor:
         except BaseException as e:
             for fd in (out_r, err_r):
                 os.close(fd)
+            if isinstance(e, LaunchAborted):
+                return "stopped before start"
             if isinstance(e, OSError):
                 return self._start_error(e)
             raise
@@ -233,7 +240,9 @@ class Executor:
     def _launch(self, argv: list[str], out_w: int, err_w: int) -> CommandTree:
         spec = self.spec
         if self._guard:
-            return SERVER.launch(argv, spec.env, spec.working_dir, out_w, err_w)
+            return SERVER.launch(argv, spec.env, spec.working_dir, out_w, err_w, ready=self._ready)
+        if not self._ready():
+            raise LaunchAborted
         if _SETPRIV is not None:
             argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
         proc = subprocess.Popen(
@@ -247,6 +256,13 @@ class Executor:
             close_fds=True,
         )
         return SessionTree(proc)
+
+    def _ready(self) -> bool:
+        """The last moment before the command starts: `before_spawn`, then whether to go on
+        (a stop request may have come meanwhile)."""
+        if self._before_spawn is not None:
+            self._before_spawn()
+        return self._stop_reason is None
 
     def _start_error(self, e: OSError) -> str:
         argv0 = self.spec.argv[0]

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from worker.proctree import Anchor
@@ -26,6 +26,10 @@ from worker.proctree import Anchor
 _SERVER_PY = str(Path(__file__).with_name("guard_server.py"))
 # A guard answers within milliseconds; this long means it never will.
 _ANSWER_S = 10.0
+
+
+class LaunchAborted(Exception):
+    """`launch`'s `ready` said no: the command was never started (its guard went away)."""
 
 
 class GuardedTree:
@@ -127,13 +131,21 @@ class GuardServer:
         cwd: str | None,
         stdout_w: int,
         stderr_w: int,
+        *,
+        ready: Callable[[], bool] | None = None,
     ) -> GuardedTree:
-        """Start `argv` under a new guard. Raises OSError as Popen would (FileNotFoundError...)."""
+        """Start `argv` under a new guard. Raises OSError as Popen would (FileNotFoundError...).
+        `ready`: called once the guard is asked for (it forks meanwhile and waits for the
+        command), right before the command is sent to it; False ends the guard, which started
+        nothing, and raises LaunchAborted."""
         mine, theirs = socket.socketpair()
         try:
             self._request(theirs.fileno(), stdout_w, stderr_w)
         finally:
             theirs.close()
+        if ready is not None and not ready():
+            mine.close()  # the guard reads EOF instead of a command and exits
+            raise LaunchAborted
         try:
             spec = json.dumps({"argv": list(argv), "env": dict(env), "cwd": cwd}).encode()
             mine.sendall(len(spec).to_bytes(4, "big") + spec)

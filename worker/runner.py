@@ -53,6 +53,8 @@ def executor_for(
     settings: Settings,
     masker: Masker,
     on_start: Callable[[CommandTree], None] | None = None,
+    *,
+    before_spawn: Callable[[], None] | None = None,
 ) -> Executor:
     """The executor of one command of an execution, its processes on the host's record."""
     where = host_dir(settings.state_dir, settings.key_prefix, reporter.worker or "embedded")
@@ -75,6 +77,7 @@ def executor_for(
         on_end=record.remove,
         guard=settings.guard,
         output_idle=reporter.output_idle,
+        before_spawn=before_spawn,
     )
 
 

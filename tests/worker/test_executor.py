@@ -8,15 +8,18 @@ in flight") sparse output goes out at once and is not held; bursts still coalesc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import textwrap
 import time
+from pathlib import Path
 
+import psutil
 import pytest
 
 from events.coalescer import Stream
-from worker.executor import CommandSpec, Executor
+from worker.executor import CommandSpec, Executor, StopReason
 
 
 def run(
@@ -184,3 +187,62 @@ def test_lines_close_together_coalesce(idle: bool, expected: list[tuple[Stream, 
         idle=idle,
     )
     assert chunks == expected
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_before_spawn_runs_when_all_but_the_start_is_done(guard: bool, tmp_path: Path) -> None:
+    """A fan-out step's start barrier waits in `before_spawn`: the command must not have
+    started yet then, and starts right after."""
+    marker = tmp_path / "started"
+    seen: list[bool] = []
+    executor = Executor(
+        CommandSpec(["touch", str(marker)], env=dict(os.environ)),
+        lambda stream, text: None,
+        guard=guard,
+        before_spawn=lambda: seen.append(marker.exists()),
+    )
+    try:
+        result = executor.run()
+    finally:
+        executor.close()
+    assert result.status == "completed", result.error
+    assert seen == [False] and marker.exists()
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_a_stop_while_waiting_to_spawn_starts_nothing(guard: bool, tmp_path: Path) -> None:
+    """A cancel that comes while the step's hosts wait for each other: the command never
+    starts, its guard goes away, and the run ends cancelled."""
+    marker = tmp_path / "started"
+    executor: Executor
+
+    def cancel_meanwhile() -> None:
+        executor.request_stop(StopReason.CANCELLED)
+
+    executor = Executor(
+        CommandSpec(["touch", str(marker)], env=dict(os.environ)),
+        lambda stream, text: None,
+        guard=guard,
+        before_spawn=cancel_meanwhile,
+    )
+    before = _grandchildren()
+    try:
+        result = executor.run()
+    finally:
+        executor.close()
+    assert result.status == "cancelled" and result.pid is None
+    assert not marker.exists()
+    # The guard forked for it (a grandchild: the guard server's child) is gone too.
+    deadline = time.monotonic() + 5.0
+    while _grandchildren() - before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _grandchildren() - before
+
+
+def _grandchildren() -> set[int]:
+    """Live processes two levels down: guards under the guard server, or commands' children."""
+    out: set[int] = set()
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            out |= {g.pid for g in child.children() if g.status() != psutil.STATUS_ZOMBIE}
+    return out

@@ -188,13 +188,22 @@ def _run_host(ctx: _Step, reporter: Reporter, host: str, worker: str, stop: Task
             rt.fan_out.record_pids(execution_id, ctx.number, host, tree.pid, os.getpid())
 
     with renewed(renew, rt.settings.heartbeat_interval_s):
-        # The step's first hosts start together (FanOutStore.gather).
+        wave: list[str] = []
         with contextlib.suppress(Exception):
             wave = rt.fan_out.first_wave(execution_id, ctx.number)
+
+        def gather() -> None:
+            # The step's first hosts start together (FanOutStore.gather), each with all but
+            # its command's own start done: the Python of the run, the pipes and the guard's
+            # fork no longer spread the starts over two shared cores.
             if host in wave and len(wave) > 1:
-                rt.fan_out.gather(execution_id, ctx.number, len(wave), GATHER_S)
+                with contextlib.suppress(Exception):
+                    rt.fan_out.gather(execution_id, ctx.number, len(wave), GATHER_S)
+
         reporter.host_start(step_id=step.step_id, step_number=ctx.number, attempt=1)
-        supervision = Supervision(watch, lambda: cancel_confirmed_in(rt, execution_id), on_start)
+        supervision = Supervision(
+            watch, lambda: cancel_confirmed_in(rt, execution_id), on_start, before_spawn=gather
+        )
         outcome = run_attempts(reporter, rt.settings, step, supervision)
         status = HostStatus(outcome.status.value)
         if outcome.stop_reason is StopReason.WORKER_LOST:

@@ -80,6 +80,9 @@ class Supervision:
     watch: Watch
     cancel_confirmed: Callable[[], bool]
     on_start: Callable[[CommandTree], None] | None = None
+    # Called once, by the first attempt, right before its command starts (Executor's
+    # before_spawn): a fan-out step's start barrier.
+    before_spawn: Callable[[], None] | None = None
 
 
 def step_masker(settings: Settings, step: RenderedStep) -> Masker:
@@ -163,7 +166,10 @@ def run_attempts(
     attempt = 0
     while True:
         attempt += 1
-        executor = executor_for(spec, reporter, settings, masker, supervision.on_start)
+        before_spawn = supervision.before_spawn if attempt == 1 else None
+        executor = executor_for(
+            spec, reporter, settings, masker, supervision.on_start, before_spawn=before_spawn
+        )
         try:
             with supervision.watch(executor):
                 result = executor.run()
