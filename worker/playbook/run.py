@@ -175,7 +175,7 @@ def queue_run(
         admit(rt, execution_id, name, int(limit), tasks, secrets)
     else:
         route = step_route(rt, spec["steps"][0])
-        tasks.send_step(execution_id, 0, route.queue, host=route.host, secrets=secrets)
+        tasks.send_step(execution_id, 0, route, secrets=secrets)
     return execution_id
 
 
