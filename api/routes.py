@@ -30,7 +30,7 @@ from api.schemas import (
     WhoAmI,
     WorkerHost,
 )
-from events.db.errors import NoDatabaseError
+from events.db.errors import needs_database
 from events.db.playbooks import PlaybookStore, SavedPlaybook
 from events.db.query import DEFAULT_LIMIT, MAX_LIMIT
 from events.db.search import NEXT_CURSOR, SearchFilter, cursor_key
@@ -53,9 +53,7 @@ RelayDep = Annotated[Relay, Depends(get_relay)]
 
 def store_of(relay: Relay) -> PlaybookStore:
     """The saved playbooks; NoDatabaseError (a 503 naming the database) without one."""
-    if relay.playbooks is None:
-        raise NoDatabaseError()
-    return relay.playbooks
+    return needs_database(relay.playbooks)
 
 
 # Errors are JSON on every route, text and event-stream routes included.

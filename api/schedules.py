@@ -17,7 +17,7 @@ from api.access import IdentityDep
 from api.relay import Relay
 from api.routes import ERRORS, RelayDep, bearer_scheme, error_doc
 from api.schemas import ScheduleBody
-from events.db.errors import NoDatabaseError
+from events.db.errors import needs_database
 from events.db.schedules import ScheduleStore
 
 _UNKNOWN: dict[int | str, dict[str, Any]] = {404: error_doc("unknown schedule")}
@@ -39,9 +39,7 @@ _BODY = Body(description="playbookName, params, cron + timezone or intervalS, en
 
 
 def _store(relay: Relay) -> ScheduleStore:
-    if relay.schedules is None:
-        raise NoDatabaseError()
-    return relay.schedules
+    return needs_database(relay.schedules)
 
 
 def _json(body: Any, status: int = 200, **headers: str) -> Response:
