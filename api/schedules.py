@@ -69,11 +69,7 @@ async def get_schedule(schedule_id: str, relay: RelayDep) -> Response:
     return _json((await run_in_threadpool(_store(relay).get, schedule_id)).wire())
 
 
-@schedules_router.patch(
-    "/{schedule_id}",
-    response_model=ScheduleBody,
-    responses=_UNKNOWN,
-)
+@schedules_router.patch("/{schedule_id}", response_model=ScheduleBody, responses=_UNKNOWN)
 async def patch_schedule(
     schedule_id: str, relay: RelayDep, body: Annotated[dict[str, Any], _BODY]
 ) -> Response:
@@ -83,11 +79,7 @@ async def patch_schedule(
     return _json(changed.wire())
 
 
-@schedules_router.delete(
-    "/{schedule_id}",
-    status_code=204,
-    responses=_UNKNOWN,
-)
+@schedules_router.delete("/{schedule_id}", status_code=204, responses=_UNKNOWN)
 async def delete_schedule(schedule_id: str, relay: RelayDep) -> Response:
     await run_in_threadpool(_store(relay).delete, schedule_id)
     return Response(status_code=204)
