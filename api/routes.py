@@ -122,10 +122,9 @@ async def submit_execution(
         check_queues(identity, frozenset({relay.settings.default_queue}))
         options = body.options.to_options() if body.options is not None else None
         execution_id = await run_in_threadpool(
-            partial(dispatcher.submit_command, submitted_by=identity.name),
+            partial(dispatcher.submit_command, options=options, submitted_by=identity.name),
             body.command,
             body.command_type,
-            options,
         )
     response.headers["Location"] = f"/api/executions/{execution_id}"
     return SubmitResponse(execution_id=execution_id)

@@ -91,7 +91,7 @@ class LocalSession:
                 body["playbook"], body.get("params"), source=body.get("source", REQUEST_SOURCE)
             )
         return dispatcher.submit_command(
-            body["command"], body["commandType"], _options_from_body(body)
+            body["command"], body["commandType"], options=_options_from_body(body)
         )
 
     def follow(self, execution_id: str, after: int = 0) -> Iterator[RawEvent]:

@@ -57,7 +57,9 @@ def test_timeout_kills_the_whole_tree(
 ) -> None:
     start_worker()
     marker = new_marker()
-    ex = dispatcher.submit_command(tree_script(marker), "script", ExecutionOptions(timeout=2))
+    ex = dispatcher.submit_command(
+        tree_script(marker), "script", options=ExecutionOptions(timeout=2)
+    )
     events = collect(ex, timeout_s=30)
     names = [e.event for e in events]
     assert names[0] == "execution_started" and names[-1] == "execution_complete"

@@ -124,7 +124,7 @@ def submit_playbook(
 ) -> str:
     """Validate, create the record (queued) and queue the first step, or wait for a slot.
     `saved`: the saved playbook (name, version) this run is of, named by its record; `extra`:
-    more record fields (who started it, events.requests.origin_fields)."""
+    more record fields (who started it, events.starts.origin_fields)."""
     prepared = prepare_playbook(playbook, params, source=source)
     fields = saved.record_fields() if saved is not None else {}
     return queue_run(
