@@ -16,7 +16,7 @@ from events.hosts import HostRegistry
 from tests.conftest import StartWorker
 from tests.helpers import CeleryDispatcher, ManagedProcess, live_pids_with, payloads, wait_until
 from tests.worker.conftest import Collect
-from tests.worker.test_cancel import assert_tree_dead, new_marker, tree_script
+from tests.worker.trees import assert_tree_dead, new_marker, tree_script
 
 # Each host prints its MARK and when it started and ended its run (epoch seconds).
 TIMED = "echo start $MARK $(date +%s.%N); sleep {s}; echo end $MARK $(date +%s.%N)"
