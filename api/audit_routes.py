@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.routes import ERRORS, RelayDep, bearer_scheme, error_doc
 from events.db.audit import MAX_PAGE, parse_since
-from events.db.errors import NoDatabaseError
+from events.db.errors import needs_database
 from events.db.search import NEXT_CURSOR
 
 audit_router = APIRouter(
@@ -31,9 +31,7 @@ async def list_audit(
     cursor: Annotated[str | None, Query(max_length=40)] = None,
 ) -> Response:
     """Audit entries newest first; `X-Next-Cursor` holds the next page's `cursor`."""
-    if relay.audit is None:
-        raise NoDatabaseError("the audit log")
-    audit, after = relay.audit.log, parse_since(since)
+    audit, after = needs_database(relay.audit, "the audit log").log, parse_since(since)
     rows, next_cursor = await run_in_threadpool(
         lambda: audit.page(actor=actor, action=action, since=after, limit=limit, cursor=cursor)
     )

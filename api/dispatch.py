@@ -8,56 +8,36 @@ only reads what they publish.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, Unpack
 
 from events.db.playbooks import PlaybookStore, SavedPlaybook
-from events.models import ExecutionOptions
-from events.requests import REQUEST_SOURCE, Params, PlaybookSource, SavedRef, ScheduledTick
+from events.requests import REQUEST_SOURCE, Params, PlaybookSource, ScheduledTick
 from events.rerun import RerunHosts, RerunSource
+from events.starts import CommandStart, Origin, PlaybookStart
 
 
 class Dispatcher(Protocol):
-    def submit_command(
-        self,
-        command: str,
-        command_type: str,
-        options: ExecutionOptions | None = None,
-        *,
-        submitted_by: str | None = None,
-    ) -> str:
+    def submit_command(self, command: str, command_type: str, **start: Unpack[CommandStart]) -> str:
         """Queue a command; return its execution id. `command_type` is aws_cli or script;
-        InvalidRequestError names the bad field. `submitted_by`: who asks (the record's
-        `submittedBy`; a token's name)."""
+        InvalidRequestError names the bad field. `start`: its options and who asks
+        (events.starts.CommandStart)."""
         ...
 
     def submit_playbook(
-        self,
-        playbook: PlaybookSource,
-        params: Params = None,
-        *,
-        source: str = REQUEST_SOURCE,
-        saved: SavedRef | None = None,
-        submitted_by: str | None = None,
-        schedule: ScheduledTick | None = None,
+        self, playbook: PlaybookSource, params: Params = None, **start: Unpack[PlaybookStart]
     ) -> str:
         """Validate and queue a playbook (YAML text or parsed object); return its id. A bad
-        playbook or params raise events.errors.ProblemsError listing every problem. `saved`:
-        the saved playbook's name and version the record names (CONTRACT §10);
-        `submitted_by`: who asks (`submittedBy`), `schedule`: the tick a schedule started
-        it for (`scheduleId`, `scheduledAt`, and `submittedBy: schedule:<id>`)."""
+        playbook or params raise events.errors.ProblemsError listing every problem. `start`:
+        where it came from, the saved playbook and schedule tick it is the run of, who asks
+        (events.starts.PlaybookStart)."""
         ...
 
     def rerun(
-        self,
-        source: RerunSource,
-        hosts: RerunHosts,
-        params: Params = None,
-        *,
-        submitted_by: str | None = None,
+        self, source: RerunSource, hosts: RerunHosts, params: Params = None, **start: Unpack[Origin]
     ) -> str:
         """Queue a new execution rerunning what of ended execution `source` did not succeed
         (events.rerun.plan_rerun decides what); its id, its record naming `rerunOf` (and
-        `submittedBy`).
+        `submittedBy`: `start`'s `submitted_by`).
         CannotRerunError (a 409) when it has not ended or nothing is left to rerun. `params`:
         the old run's secret params, given again (never stored: a ProblemsError names each
         one missing)."""

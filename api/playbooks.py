@@ -140,11 +140,7 @@ def declared_params(text: str) -> list[dict[str, Any]]:
     return wire_params(data.get("params") if isinstance(data, dict) else None)
 
 
-@playbooks_router.delete(
-    "/{name}",
-    status_code=204,
-    responses=_UNKNOWN,
-)
+@playbooks_router.delete("/{name}", status_code=204, responses=_UNKNOWN)
 async def delete_playbook(name: str, relay: RelayDep) -> Response:
     """Delete every version of a saved playbook (runs of it keep their records)."""
     await run_in_threadpool(store_of(relay).delete, name)

@@ -30,7 +30,7 @@ from api.schemas import (
     WhoAmI,
     WorkerHost,
 )
-from events.db.errors import NoDatabaseError
+from events.db.errors import needs_database
 from events.db.playbooks import PlaybookStore, SavedPlaybook
 from events.db.query import DEFAULT_LIMIT, MAX_LIMIT
 from events.db.search import NEXT_CURSOR, SearchFilter, cursor_key
@@ -53,9 +53,7 @@ RelayDep = Annotated[Relay, Depends(get_relay)]
 
 def store_of(relay: Relay) -> PlaybookStore:
     """The saved playbooks; NoDatabaseError (a 503 naming the database) without one."""
-    if relay.playbooks is None:
-        raise NoDatabaseError()
-    return relay.playbooks
+    return needs_database(relay.playbooks)
 
 
 # Errors are JSON on every route, text and event-stream routes included.
@@ -124,10 +122,9 @@ async def submit_execution(
         check_queues(identity, frozenset({relay.settings.default_queue}))
         options = body.options.to_options() if body.options is not None else None
         execution_id = await run_in_threadpool(
-            partial(dispatcher.submit_command, submitted_by=identity.name),
+            partial(dispatcher.submit_command, options=options, submitted_by=identity.name),
             body.command,
             body.command_type,
-            options,
         )
     response.headers["Location"] = f"/api/executions/{execution_id}"
     return SubmitResponse(execution_id=execution_id)

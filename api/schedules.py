@@ -17,7 +17,7 @@ from api.access import IdentityDep
 from api.relay import Relay
 from api.routes import ERRORS, RelayDep, bearer_scheme, error_doc
 from api.schemas import ScheduleBody
-from events.db.errors import NoDatabaseError
+from events.db.errors import needs_database
 from events.db.schedules import ScheduleStore
 
 _UNKNOWN: dict[int | str, dict[str, Any]] = {404: error_doc("unknown schedule")}
@@ -39,9 +39,7 @@ _BODY = Body(description="playbookName, params, cron + timezone or intervalS, en
 
 
 def _store(relay: Relay) -> ScheduleStore:
-    if relay.schedules is None:
-        raise NoDatabaseError()
-    return relay.schedules
+    return needs_database(relay.schedules)
 
 
 def _json(body: Any, status: int = 200, **headers: str) -> Response:
@@ -71,11 +69,7 @@ async def get_schedule(schedule_id: str, relay: RelayDep) -> Response:
     return _json((await run_in_threadpool(_store(relay).get, schedule_id)).wire())
 
 
-@schedules_router.patch(
-    "/{schedule_id}",
-    response_model=ScheduleBody,
-    responses=_UNKNOWN,
-)
+@schedules_router.patch("/{schedule_id}", response_model=ScheduleBody, responses=_UNKNOWN)
 async def patch_schedule(
     schedule_id: str, relay: RelayDep, body: Annotated[dict[str, Any], _BODY]
 ) -> Response:
@@ -85,11 +79,7 @@ async def patch_schedule(
     return _json(changed.wire())
 
 
-@schedules_router.delete(
-    "/{schedule_id}",
-    status_code=204,
-    responses=_UNKNOWN,
-)
+@schedules_router.delete("/{schedule_id}", status_code=204, responses=_UNKNOWN)
 async def delete_schedule(schedule_id: str, relay: RelayDep) -> Response:
     await run_in_threadpool(_store(relay).delete, schedule_id)
     return Response(status_code=204)

@@ -11,7 +11,7 @@ from api.access import IdentityDep
 from api.relay import Relay
 from api.routes import ERRORS, RelayDep, bearer_scheme, error_doc
 from api.schemas import TokenCreated, TokenInfo, TokenRequest
-from events.db.errors import NoDatabaseError
+from events.db.errors import needs_database
 from events.db.tokens import TokenStore
 
 tokens_router = APIRouter(
@@ -26,9 +26,7 @@ tokens_router = APIRouter(
 
 
 def token_store(relay: Relay) -> TokenStore:
-    if relay.tokens is None:
-        raise NoDatabaseError("API tokens")
-    return relay.tokens
+    return needs_database(relay.tokens, "API tokens")
 
 
 @tokens_router.post("", status_code=201, response_model=TokenCreated)

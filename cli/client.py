@@ -92,12 +92,7 @@ class RelayClient:
         self, filters: Mapping[str, str], limit: int = 50, cursor: str | None = None
     ) -> tuple[list[dict[str, Any]], str | None]:
         """A page of the executions list and the next page's cursor (X-Next-Cursor)."""
-        params: dict[str, Any] = {**filters, "limit": limit}
-        if cursor:
-            params["cursor"] = cursor
-        resp = self._request("GET", "/api/executions", params=params)
-        data = self._check(resp)
-        return list(data), resp.headers.get("X-Next-Cursor")
+        return self._page("/api/executions", filters, limit, cursor)
 
     def workers(self) -> list[dict[str, Any]]:
         """The host registry (`GET /api/workers`)."""
@@ -132,10 +127,9 @@ class RelayClient:
         return list(self._check(self._request("GET", "/api/schedules")))
 
     def delete_schedule(self, schedule_id: str) -> None:
-        resp = self._request("DELETE", f"/api/schedules/{quote(schedule_id, safe='')}")
-        if resp.status_code == 404:
-            raise UnknownScheduleError(schedule_id)
-        self._check(resp)
+        self._delete(
+            f"/api/schedules/{quote(schedule_id, safe='')}", UnknownScheduleError(schedule_id)
+        )
 
     def create_token(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """`POST /api/tokens`: the new token, its secret included (shown once)."""
@@ -145,18 +139,28 @@ class RelayClient:
         return list(self._check(self._request("GET", "/api/tokens")))
 
     def revoke_token(self, name: str) -> None:
-        resp = self._request("DELETE", f"/api/tokens/{quote(name, safe='')}")
+        self._delete(f"/api/tokens/{quote(name, safe='')}", UnknownTokenError(name))
+
+    def _delete(self, path: str, unknown: CloudOpsError) -> None:
+        """`DELETE path`; a 404 raises `unknown`."""
+        resp = self._request("DELETE", path)
         if resp.status_code == 404:
-            raise UnknownTokenError(name)
+            raise unknown
         self._check(resp)
 
     def audit(
         self, filters: Mapping[str, str], limit: int, cursor: str | None
     ) -> tuple[list[dict[str, Any]], str | None]:
+        return self._page("/api/audit", filters, limit, cursor)
+
+    def _page(
+        self, path: str, filters: Mapping[str, str], limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of a list (`GET path?filters&limit&cursor`) and the next page's cursor."""
         params: dict[str, Any] = {**filters, "limit": limit}
         if cursor:
             params["cursor"] = cursor
-        resp = self._request("GET", "/api/audit", params=params)
+        resp = self._request("GET", path, params=params)
         return list(self._check(resp)), resp.headers.get("X-Next-Cursor")
 
     def follow(self, execution_id: str, after: int = 0) -> Iterator[RawEvent]:

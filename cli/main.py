@@ -18,6 +18,7 @@ import redis
 import typer
 
 from cli import history
+from cli.options import JsonEnvelopes, JsonRows, Remote, on_session
 from cli.playbooks import playbook_cli
 from cli.render import (
     EXIT_CANCELLED,
@@ -67,12 +68,12 @@ def run(
         int | None, typer.Option("--version", min=1, help="of --playbook-name; default latest")
     ] = None,
     param: Annotated[list[str] | None, typer.Option("--param", help="K=V, repeatable")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="one envelope per line")] = False,
+    as_json: JsonEnvelopes = False,
     working_dir: Annotated[str | None, typer.Option("--working-dir")] = None,
     timeout: Annotated[int | None, typer.Option("--timeout", help="seconds")] = None,
     aws_profile: Annotated[str | None, typer.Option("--aws-profile")] = None,
     aws_region: Annotated[str | None, typer.Option("--aws-region")] = None,
-    remote: Annotated[str | None, typer.Option("--remote", help="relay URL")] = None,
+    remote: Remote = None,
     targets: Annotated[
         list[str] | None,
         typer.Option("--targets", help="queue=Q, hosts=A,B or label=K=V: on every such host"),
@@ -158,29 +159,16 @@ def _run_body(
 
 
 @cli.command()
-def tail(
-    execution_id: str,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-    remote: Annotated[str | None, typer.Option("--remote")] = None,
-) -> None:
+def tail(execution_id: str, as_json: JsonEnvelopes = False, remote: Remote = None) -> None:
     """Follow an execution from its first event to its end."""
-    try:
-        session = open_session(_settings(), remote)
-        outcome = render(session.follow(execution_id), as_json=as_json)
-    except CloudOpsError as e:
-        raise _fail(str(e)) from e
+    outcome = on_session(remote, lambda s: render(s.follow(execution_id), as_json=as_json))
     raise typer.Exit(outcome.process_exit)
 
 
 @cli.command()
-def cancel(
-    execution_id: str, remote: Annotated[str | None, typer.Option("--remote")] = None
-) -> None:
+def cancel(execution_id: str, remote: Remote = None) -> None:
     """Cancel a queued or running execution."""
-    try:
-        open_session(_settings(), remote).cancel(execution_id)
-    except CloudOpsError as e:
-        raise _fail(str(e)) from e
+    on_session(remote, lambda s: s.cancel(execution_id))
     sys.stderr.write(f"[cloudops] cancel requested for {execution_id}\n")
 
 
@@ -194,8 +182,8 @@ def rerun(
         list[str] | None,
         typer.Option("--param", help="K=V of a secret param, given again; repeatable"),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="one envelope per line")] = False,
-    remote: Annotated[str | None, typer.Option("--remote", help="relay URL")] = None,
+    as_json: JsonEnvelopes = False,
+    remote: Remote = None,
 ) -> None:
     """Rerun an ended execution from its first step that did not succeed, and follow it."""
     try:
@@ -224,8 +212,8 @@ def list_executions(
     until: Annotated[str | None, typer.Option("--until", help="RFC 3339")] = None,
     limit: Annotated[int, typer.Option("--limit")] = 20,
     cursor: Annotated[str | None, typer.Option("--cursor", help="from a previous page")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-    remote: Annotated[str | None, typer.Option("--remote")] = None,
+    as_json: JsonRows = False,
+    remote: Remote = None,
 ) -> None:
     """List executions, newest first, with the relay list's filters (CONTRACT §8)."""
     try:
@@ -233,11 +221,10 @@ def list_executions(
         query = {"status": status, "commandType": command_type, "q": q, "host": host}
         query |= {"submittedBy": submitted_by, "since": since, "until": until}
         filt = SearchFilter.from_query(query)
-        records, next_cursor = open_session(_settings(), remote).records(
-            filt, check_limit(limit), cursor
-        )
+        page_limit = check_limit(limit)
     except CloudOpsError as e:
         raise _fail(str(e)) from e
+    records, next_cursor = on_session(remote, lambda s: s.records(filt, page_limit, cursor))
     print_list(records, as_json=as_json, text=lines_of(_record_line))
     if next_cursor:
         sys.stderr.write(f"[cloudops] more: --cursor {next_cursor}\n")
@@ -339,16 +326,9 @@ def scheduler(
 
 
 @cli.command("workers")
-def list_workers(
-    as_json: Annotated[bool, typer.Option("--json", help="one object per line")] = False,
-    remote: Annotated[str | None, typer.Option("--remote")] = None,
-) -> None:
+def list_workers(as_json: JsonRows = False, remote: Remote = None) -> None:
     """List the fleet's workers (hosts): online state, queues, labels, running, last seen."""
-    try:
-        hosts = open_session(_settings(), remote).workers()
-    except CloudOpsError as e:
-        raise _fail(str(e)) from e
-    print_list(hosts, as_json=as_json, text=render_hosts)
+    print_list(on_session(remote, lambda s: s.workers()), as_json=as_json, text=render_hosts)
 
 
 @cli.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

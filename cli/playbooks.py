@@ -11,12 +11,9 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from cli.render import lines_of, print_list
-from cli.sessions import open_session
+from cli.options import JsonRows, Remote, add_listing, on_session
 from cli.usage import fail as _fail
-from cli.usage import settings_or_fail as _settings
 from events.db.playbooks import NAME_RE
-from events.errors import CloudOpsError
 
 playbook_cli = typer.Typer(
     help="Saved playbooks: push a version, list, show.", no_args_is_help=True
@@ -41,7 +38,7 @@ def push(
     name: Annotated[
         str | None, typer.Option("--name", help="default: its name, or the stem")
     ] = None,
-    remote: Annotated[str | None, typer.Option("--remote", help="relay URL")] = None,
+    remote: Remote = None,
 ) -> None:
     """Save FILE as the next version of a saved playbook (checked first, as a run would)."""
     try:
@@ -49,10 +46,7 @@ def push(
     except OSError as e:
         raise _fail(f"cannot read playbook {file}: {e.strerror}") from e
     saved_as = name or default_name(file, text)
-    try:
-        saved, created = open_session(_settings(), remote).save_playbook(saved_as, text)
-    except CloudOpsError as e:
-        raise _fail(str(e)) from e
+    saved, created = on_session(remote, lambda s: s.save_playbook(saved_as, text))
     what = "saved" if created else "unchanged, still"
     sys.stderr.write(f"[cloudops] {what} {saved['name']} version {saved['version']}\n")
     sys.stdout.write(f"{saved['name']} {saved['version']}\n")
@@ -62,31 +56,23 @@ def _playbook_line(row: dict[str, Any]) -> str:
     return f"{row['name']:<32}  v{row['version']:<5}  {row['updatedAt']}"
 
 
-@playbook_cli.command("ls")
-def ls(
-    as_json: Annotated[bool, typer.Option("--json", help="one object per line")] = False,
-    remote: Annotated[str | None, typer.Option("--remote")] = None,
-) -> None:
-    """List saved playbooks: name, latest version, when it was saved."""
-    try:
-        rows = open_session(_settings(), remote).playbooks()
-    except CloudOpsError as e:
-        raise _fail(str(e)) from e
-    print_list(rows, as_json=as_json, text=lines_of(_playbook_line))
+add_listing(
+    playbook_cli,
+    lambda s: s.playbooks(),
+    _playbook_line,
+    "List saved playbooks: name, latest version, when it was saved.",
+)
 
 
 @playbook_cli.command("show")
 def show(
     name: str,
     version: Annotated[int | None, typer.Option("--version", min=1)] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-    remote: Annotated[str | None, typer.Option("--remote")] = None,
+    as_json: JsonRows = False,
+    remote: Remote = None,
 ) -> None:
     """Print a saved playbook's YAML (the latest version, or --version); versions on stderr."""
-    try:
-        saved: dict[str, Any] = open_session(_settings(), remote).playbook(name, version)
-    except CloudOpsError as e:
-        raise _fail(str(e)) from e
+    saved: dict[str, Any] = on_session(remote, lambda s: s.playbook(name, version))
     if as_json:
         sys.stdout.write(json.dumps(saved) + "\n")
         return

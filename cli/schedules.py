@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.render import lines_of, print_list
+from cli.options import Remote, add_listing, on_session
 from cli.sessions import open_session
 from cli.usage import fail as _fail
 from cli.usage import fail_each as _fail_each
@@ -29,7 +29,7 @@ def add(
     interval: Annotated[int | None, typer.Option("--interval", help="seconds")] = None,
     param: Annotated[list[str] | None, typer.Option("--param", help="K=V, repeatable")] = None,
     disabled: Annotated[bool, typer.Option("--disabled", help="add it paused")] = False,
-    remote: Annotated[str | None, typer.Option("--remote", help="relay URL")] = None,
+    remote: Remote = None,
 ) -> None:
     """Schedule PLAYBOOK_NAME every --interval seconds or on --cron; prints its id."""
     if (cron is None) == (interval is None):
@@ -56,27 +56,13 @@ def _line(row: dict[str, Any]) -> str:
     return f"{row['id']}  {row['playbookName']:<24}  {when:<28}  next {state}"
 
 
-@schedule_cli.command("ls")
-def ls(
-    as_json: Annotated[bool, typer.Option("--json", help="one object per line")] = False,
-    remote: Annotated[str | None, typer.Option("--remote")] = None,
-) -> None:
-    """List schedules with their next run times."""
-    try:
-        rows = open_session(_settings(), remote).schedules()
-    except CloudOpsError as e:
-        raise _fail(str(e)) from e
-    print_list(rows, as_json=as_json, text=lines_of(_line))
+add_listing(
+    schedule_cli, lambda s: s.schedules(), _line, "List schedules with their next run times."
+)
 
 
 @schedule_cli.command("rm")
-def rm(
-    schedule_id: str,
-    remote: Annotated[str | None, typer.Option("--remote")] = None,
-) -> None:
+def rm(schedule_id: str, remote: Remote = None) -> None:
     """Remove a schedule (runs it started keep their records)."""
-    try:
-        open_session(_settings(), remote).delete_schedule(schedule_id)
-    except CloudOpsError as e:
-        raise _fail(str(e)) from e
+    on_session(remote, lambda s: s.delete_schedule(schedule_id))
     sys.stderr.write(f"[cloudops] removed schedule {schedule_id}\n")

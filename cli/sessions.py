@@ -3,7 +3,7 @@ or embedded mode's in-process ones), or a relay over HTTP (`--remote`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 from api.dispatch import start_saved
@@ -11,7 +11,7 @@ from cli.client import RelayClient
 from cli.history import archive_now, search, stored_events
 from cli.wiring import Local, local
 from events.db.audit import parse_since
-from events.db.errors import NoDatabaseError
+from events.db.errors import needs_database
 from events.db.playbooks import PlaybookStore
 from events.db.schedules import ScheduleStore
 from events.db.search import SearchFilter
@@ -71,10 +71,7 @@ class LocalSession:
 
     @property
     def _store(self) -> PlaybookStore:
-        store = self.local.playbooks
-        if store is None:
-            raise NoDatabaseError()
-        return store
+        return needs_database(self.local.playbooks)
 
     def submit(self, body: dict[str, Any]) -> str:
         dispatcher = self.local.dispatcher
@@ -94,7 +91,7 @@ class LocalSession:
                 body["playbook"], body.get("params"), source=body.get("source", REQUEST_SOURCE)
             )
         return dispatcher.submit_command(
-            body["command"], body["commandType"], _options_from_body(body)
+            body["command"], body["commandType"], options=_options_from_body(body)
         )
 
     def follow(self, execution_id: str, after: int = 0) -> Iterator[RawEvent]:
@@ -157,10 +154,7 @@ class LocalSession:
 
     @property
     def _schedules(self) -> ScheduleStore:
-        store = self.local.schedules
-        if store is None:
-            raise NoDatabaseError()
-        return store
+        return needs_database(self.local.schedules)
 
     def add_schedule(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._schedules.create(body).wire()
@@ -174,10 +168,7 @@ class LocalSession:
     # Tokens straight in the database: whoever holds its URL is its admin already.
     @property
     def _tokens(self) -> TokenStore:
-        store = self.local.tokens
-        if store is None:
-            raise NoDatabaseError("API tokens")
-        return store
+        return needs_database(self.local.tokens, "API tokens")
 
     def create_token(self, body: dict[str, Any]) -> dict[str, Any]:
         token, secret = self._tokens.create(
@@ -194,22 +185,19 @@ class LocalSession:
     def audit(
         self, filters: dict[str, str], limit: int, cursor: str | None
     ) -> tuple[list[dict[str, Any]], str | None]:
-        log = self.local.audit
-        if log is None:
-            raise NoDatabaseError("the audit log")
+        log = needs_database(self.local.audit, "the audit log")
         since = parse_since(filters.get("since"))
         actor, action = filters.get("actor"), filters.get("action")
         return log.page(actor=actor, action=action, since=since, limit=limit, cursor=cursor)
 
 
-class RemoteSession:
-    def __init__(self, url: str, token: str | None) -> None:
-        self._client = RelayClient(url, token)
+class RemoteSession(RelayClient):
+    """Through the relay: RelayClient's calls, and what the CLI adds to a few of them."""
 
-    def submit(self, body: dict[str, Any]) -> str:
+    def submit(self, body: Mapping[str, Any]) -> str:
         source = body.get("source")
         try:
-            return self._client.submit({k: v for k, v in body.items() if k != "source"})
+            return super().submit({k: v for k, v in body.items() if k != "source"})
         except ProblemsError as e:
             if not source:
                 raise
@@ -217,57 +205,16 @@ class RemoteSession:
             named = [Problem(p.loc, _named(p.msg, source)) for p in e.problems]
             raise ProblemsError(named, field=e.field) from None
 
-    def follow(self, execution_id: str, after: int = 0) -> Iterator[RawEvent]:
-        return self._client.follow(execution_id, after)
-
-    def cancel(self, execution_id: str) -> None:
-        self._client.cancel(execution_id)
-
-    def rerun(self, execution_id: str, hosts: RerunHosts, params: Params = None) -> str:
-        return self._client.rerun(execution_id, hosts, params)
-
     def records(
         self, filt: SearchFilter, limit: int, cursor: str | None
     ) -> tuple[list[dict[str, Any]], str | None]:
-        return self._client.search(filt.query(), limit, cursor)
+        return self.search(filt.query(), limit, cursor)
 
     def ended(self, execution_id: str) -> None:
         """The relay archives (or keeps Redis only): nothing to do here."""
 
-    def workers(self) -> list[dict[str, Any]]:
-        return self._client.workers()
-
     def save_playbook(self, name: str, text: str) -> tuple[dict[str, Any], bool]:
-        return self._client.put_playbook(name, text)
-
-    def playbooks(self) -> list[dict[str, Any]]:
-        return self._client.playbooks()
-
-    def playbook(self, name: str, version: int | None = None) -> dict[str, Any]:
-        return self._client.playbook(name, version)
-
-    def add_schedule(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._client.add_schedule(body)
-
-    def schedules(self) -> list[dict[str, Any]]:
-        return self._client.schedules()
-
-    def delete_schedule(self, schedule_id: str) -> None:
-        self._client.delete_schedule(schedule_id)
-
-    def create_token(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._client.create_token(body)
-
-    def tokens(self) -> list[dict[str, Any]]:
-        return self._client.tokens()
-
-    def revoke_token(self, name: str) -> None:
-        self._client.revoke_token(name)
-
-    def audit(
-        self, filters: dict[str, str], limit: int, cursor: str | None
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        return self._client.audit(filters, limit, cursor)
+        return self.put_playbook(name, text)
 
 
 def _named(msg: str, source: str) -> str:

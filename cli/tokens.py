@@ -10,11 +10,9 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.options import JsonRows, Remote, add_listing, on_session
 from cli.render import lines_of, print_list
-from cli.sessions import open_session
 from cli.usage import fail as _fail
-from cli.usage import settings_or_fail as _settings
-from events.errors import CloudOpsError
 from events.vocabulary import Role
 
 token_cli = typer.Typer(help="Named API tokens: create, list, revoke.", no_args_is_help=True)
@@ -39,7 +37,7 @@ def create(
         str | None, typer.Option("--queues", help="Q1,Q2: only executions on these queues")
     ] = None,
     expires: Annotated[str | None, typer.Option("--expires", help="e.g. 30d, 12h")] = None,
-    remote: Annotated[str | None, typer.Option("--remote", help="relay URL")] = None,
+    remote: Remote = None,
 ) -> None:
     """Create a token; its secret is printed once, on stdout, and kept nowhere."""
     body: dict[str, Any] = {"name": name, "role": str(role)}
@@ -47,10 +45,7 @@ def create(
         body["queues"] = queues.split(",")
     if expires is not None:
         body["expiresInS"] = duration_s(expires)
-    try:
-        token = open_session(_settings(), remote).create_token(body)
-    except CloudOpsError as e:
-        raise _fail(str(e)) from e
+    token = on_session(remote, lambda s: s.create_token(body))
     scope = ",".join(token["queues"]) if token["queues"] else "every queue"
     until = token["expiresAt"] or "never"
     sys.stderr.write(
@@ -66,26 +61,18 @@ def _token_line(t: dict[str, Any]) -> str:
     return f"{t['name']:<24}  {t['role']:<8}  {scope:<20}  {state}"
 
 
-@token_cli.command("ls")
-def ls(
-    as_json: Annotated[bool, typer.Option("--json", help="one object per line")] = False,
-    remote: Annotated[str | None, typer.Option("--remote")] = None,
-) -> None:
-    """List tokens (never a secret): name, role, queues, expiry or revocation."""
-    try:
-        rows = open_session(_settings(), remote).tokens()
-    except CloudOpsError as e:
-        raise _fail(str(e)) from e
-    print_list(rows, as_json=as_json, text=lines_of(_token_line))
+add_listing(
+    token_cli,
+    lambda s: s.tokens(),
+    _token_line,
+    "List tokens (never a secret): name, role, queues, expiry or revocation.",
+)
 
 
 @token_cli.command("revoke")
-def revoke(name: str, remote: Annotated[str | None, typer.Option("--remote")] = None) -> None:
+def revoke(name: str, remote: Remote = None) -> None:
     """Revoke a token: refused from now on (every relay within seconds)."""
-    try:
-        open_session(_settings(), remote).revoke_token(name)
-    except CloudOpsError as e:
-        raise _fail(str(e)) from e
+    on_session(remote, lambda s: s.revoke_token(name))
     sys.stderr.write(f"[cloudops] token {name} revoked\n")
 
 
@@ -103,18 +90,14 @@ def audit(
     since: Annotated[str | None, typer.Option("--since", help="RFC 3339")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 50,
     cursor: Annotated[str | None, typer.Option("--cursor", help="from a previous page")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="one object per line")] = False,
-    remote: Annotated[str | None, typer.Option("--remote")] = None,
+    as_json: JsonRows = False,
+    remote: Remote = None,
 ) -> None:
     """The audit log, newest first: who started, cancelled, reran, made or revoked what, and
     every refused request."""
     filters = {"actor": actor, "action": action, "since": since}
-    try:
-        rows, next_cursor = open_session(_settings(), remote).audit(
-            {k: v for k, v in filters.items() if v is not None}, limit, cursor
-        )
-    except CloudOpsError as e:
-        raise _fail(str(e)) from e
+    given = {k: v for k, v in filters.items() if v is not None}
+    rows, next_cursor = on_session(remote, lambda s: s.audit(given, limit, cursor))
     print_list(rows, as_json=as_json, text=lines_of(_audit_line))
     if next_cursor:
         sys.stderr.write(f"[cloudops] more: --cursor {next_cursor}\n")

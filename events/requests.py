@@ -53,21 +53,6 @@ class ScheduledTick:
         return f"schedule:{self.schedule_id}"
 
 
-def origin_fields(
-    submitted_by: str | None = None, schedule: ScheduledTick | None = None
-) -> dict[str, str]:
-    """The record fields saying who started a run: `submittedBy` (a token's name, or
-    `schedule:<id>`), and for a scheduled run `scheduleId` and `scheduledAt`."""
-    out: dict[str, str] = {}
-    if schedule is not None:
-        out[RecordField.SCHEDULE_ID] = schedule.schedule_id
-        out[RecordField.SCHEDULED_AT] = schedule.at
-        submitted_by = submitted_by or schedule.submitter
-    if submitted_by:
-        out[RecordField.SUBMITTED_BY] = submitted_by
-    return out
-
-
 # `cloudops run --targets`: the keys it takes, and the playbook key each one fills.
 _TARGET_KEYS = {"queue": "queue", "hosts": "hosts", "label": "labels"}
 

@@ -22,6 +22,8 @@ import redis
 
 if TYPE_CHECKING:
     from events.lifecycle import Reporter
+    from events.record_store import RecordStore
+    from events.vocabulary import CommandType
 
 T = TypeVar("T")
 
@@ -371,6 +373,7 @@ class PrivateRedis:
 
 
 from cli.wiring import fleet  # noqa: E402
+from events.models import utc_now  # noqa: E402
 from worker.dispatcher import Dispatcher  # noqa: E402
 
 
@@ -385,6 +388,27 @@ class CeleryDispatcher(Dispatcher):
     @property
     def app(self) -> Any:
         return self.tasks.app  # type: ignore[attr-defined]
+
+
+def queued_record(
+    records: RecordStore,
+    execution_id: str,
+    command_type: CommandType,
+    spec: Any,
+    command: str = "?",
+    **more: Any,
+) -> None:
+    """A record queued now without options, as a task or a notification finds it: its `spec`
+    (any object: a test may give a malformed one); `more`, RecordStore.create's others."""
+    records.create(
+        execution_id,
+        command=command,
+        command_type=command_type,
+        options={},
+        queued_at=utc_now(),
+        spec=spec,
+        **more,
+    )
 
 
 def publish_passing_step(

@@ -29,6 +29,7 @@ from events.notifications import (
 )
 from events.settings import Settings
 from events.vocabulary import TERMINAL_STATUSES, CommandType, Status
+from tests.helpers import queued_record
 from worker import notify
 from worker.notify import (
     MAX_BACKOFF_S,
@@ -140,14 +141,7 @@ def rt() -> Iterator[Runtime]:
 
 def ended(rt: Runtime, status: Status | None, spec: Mapping[str, object] | None = None) -> str:
     ex = "ex_" + status if status else "ex_running"
-    rt.records.create(
-        ex,
-        command="nightly",
-        command_type=CommandType.PLAYBOOK,
-        options={},
-        queued_at=utc_now(),
-        spec=spec or {},
-    )
+    queued_record(rt.records, ex, CommandType.PLAYBOOK, spec or {}, command="nightly")
     if status is not None:
         Reporter(rt.publisher, ex).complete(status, utc_now(), exit_code=3, error="boom", wait=True)
     return ex

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Unpack
 
 from events.errors import (
     BrokerUnavailableError,
@@ -21,17 +21,11 @@ from events.errors import (
 )
 from events.lifecycle import Reporter
 from events.models import ExecutionOptions, utc_now
-from events.requests import (
-    REQUEST_SOURCE,
-    Params,
-    PlaybookSource,
-    SavedRef,
-    ScheduledTick,
-    origin_fields,
-)
+from events.requests import REQUEST_SOURCE, Params, PlaybookSource, SavedRef
 from events.rerun import RerunHosts, RerunSource, plan_rerun
 from events.scope import queues_of
 from events.settings import Settings
+from events.starts import CommandStart, Origin, PlaybookStart, origin_fields, source_of
 from events.vocabulary import CommandType, Outcome, RecordField, Status
 from worker.commands import command_type_named, validate_command
 from worker.finish import finish
@@ -58,19 +52,13 @@ class Dispatcher:
         self.tasks = tasks
         self.settings: Settings = rt.settings  # its default_queue routes commands
 
-    def submit_command(
-        self,
-        command: str,
-        command_type: str,
-        options: ExecutionOptions | None = None,
-        *,
-        submitted_by: str | None = None,
-    ) -> str:
+    def submit_command(self, command: str, command_type: str, **start: Unpack[CommandStart]) -> str:
         """Queue a command (`aws_cli` or `script`); its execution id."""
         kind = command_type_named(command_type)
         validate_command(command, kind)
-        wire_options = (options or ExecutionOptions()).wire()
-        return self._queue_command(command, kind, wire_options, origin_fields(submitted_by))
+        wire_options = (start.get("options") or ExecutionOptions()).wire()
+        extra = origin_fields(start.get("submitted_by"))
+        return self._queue_command(command, kind, wire_options, extra)
 
     def _queue_command(
         self, command: str, kind: CommandType, wire_options: Mapping[str, Any], extra: Extra
@@ -93,14 +81,7 @@ class Dispatcher:
         return execution_id
 
     def submit_playbook(
-        self,
-        playbook: PlaybookSource,
-        params: Params = None,
-        *,
-        source: str = REQUEST_SOURCE,
-        saved: SavedRef | None = None,
-        submitted_by: str | None = None,
-        schedule: ScheduledTick | None = None,
+        self, playbook: PlaybookSource, params: Params = None, **start: Unpack[PlaybookStart]
     ) -> str:
         """Validate (PlaybookError before anything exists), record and queue a playbook run;
         its record names `submitted_by` and the `schedule` tick it is the run of."""
@@ -112,28 +93,24 @@ class Dispatcher:
                 execution_id,
                 playbook,
                 params,
-                source=source,
-                saved=saved,
-                extra=origin_fields(submitted_by, schedule),
+                source=source_of(start),
+                saved=start.get("saved"),
+                extra=origin_fields(start.get("submitted_by"), start.get("schedule")),
             )
         except BrokerUnavailableError as e:
             self._not_queued(execution_id, e)
             raise
 
     def rerun(
-        self,
-        source: RerunSource,
-        hosts: RerunHosts,
-        params: Params = None,
-        *,
-        submitted_by: str | None = None,
+        self, source: RerunSource, hosts: RerunHosts, params: Params = None, **start: Unpack[Origin]
     ) -> str:
         """Queue the rerun of an ended execution (events.rerun says what it runs); `params`:
         its secret params again (worker.playbook.secrets.rerun_secrets)."""
         plan = plan_rerun(source, hosts)
         assert source.spec is not None  # plan_rerun refuses a source without one
         spec = source.spec
-        extra: dict[str, str] = {F.RERUN_OF: source.execution_id} | origin_fields(submitted_by)
+        origin = origin_fields(start.get("submitted_by"))
+        extra: dict[str, str] = {F.RERUN_OF: source.execution_id} | origin
         if source.saved is not None:
             extra |= SavedRef(*source.saved).record_fields()
         if source.record.get("commandType") != CommandType.PLAYBOOK:

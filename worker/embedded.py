@@ -21,7 +21,7 @@ from worker.playbook.fanout import run_host_step
 from worker.playbook.run import run_playbook_step
 from worker.runner import TaskStop, run_queued_command
 from worker.runtime import Runtime
-from worker.taskqueue import Secrets, host_task_id, step_task_id
+from worker.taskqueue import Route, Secrets, host_task_id, step_task_id
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,7 @@ class ThreadQueue:
         self._start(execution_id, functools.partial(run_queued_command, self.rt, execution_id))
 
     def send_step(
-        self,
-        execution_id: str,
-        index: int,
-        queue: str | None,
-        *,
-        host: str | None = None,
-        secrets: Secrets = None,
+        self, execution_id: str, index: int, route: Route, *, secrets: Secrets = None
     ) -> None:
         task_id = step_task_id(execution_id, index)
         run = functools.partial(run_playbook_step, self.rt, execution_id, index, secrets=secrets)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from celery.utils.nodenames import worker_direct
@@ -36,22 +37,25 @@ TASK_RUN_HOST = "cloudops.run_host_step"
 # promptly, and the rest stay `queued`.
 
 
+@dataclass(frozen=True)
+class Route:
+    """Where a step's task goes: a queue (None: the default one), or one host's own queue
+    (worker.playbook.targets.step_route decides)."""
+
+    queue: str | None
+    host: str | None = None
+
+
 class TaskQueue(Protocol):
     def send_command(self, execution_id: str, queue: str | None) -> None:
         """Queue the task that runs command execution `execution_id` (task id: the same)."""
         ...
 
     def send_step(
-        self,
-        execution_id: str,
-        index: int,
-        queue: str | None,
-        *,
-        host: str | None = None,
-        secrets: Secrets = None,
+        self, execution_id: str, index: int, route: Route, *, secrets: Secrets = None
     ) -> None:
-        """Queue the task of step `index` (0-based) of a playbook run (see step_task_id), on
-        `queue`, or on worker `host`'s own queue; `secrets` go in its arguments only."""
+        """Queue the task of step `index` (0-based) of a playbook run (see step_task_id) where
+        `route` says: a queue, or a worker's own queue; `secrets` go in its arguments only."""
         ...
 
     def send_hosts(
@@ -123,15 +127,9 @@ class CeleryQueue:
         )
 
     def send_step(
-        self,
-        execution_id: str,
-        index: int,
-        queue: str | None,
-        *,
-        host: str | None = None,
-        secrets: Secrets = None,
+        self, execution_id: str, index: int, route: Route, *, secrets: Secrets = None
     ) -> None:
-        where = direct(host) if host else {"queue": queue or self.default_queue}
+        where = direct(route.host) if route.host else {"queue": route.queue or self.default_queue}
         self._send(
             TASK_RUN_STEP,
             args=[execution_id, index],

@@ -4,7 +4,7 @@
  */
 
 import { fmtTime } from "/static/format.js";
-import { PolledPanel, span } from "/static/hosts.js";
+import { listItem, PolledPanel, span } from "/static/hosts.js";
 
 export class AuditPanel extends PolledPanel {
   path = "/api/audit?limit=50";
@@ -12,11 +12,7 @@ export class AuditPanel extends PolledPanel {
   needsDatabase = true;
 
   row(e) {
-    const li = document.createElement("li");
-    li.className = "audit-entry";
-    li.dataset.testid = "audit-entry";
-    li.dataset.action = e.action;
-    li.dataset.outcome = e.outcome;
+    const li = listItem("audit-entry", { action: e.action, outcome: e.outcome });
     li.append(
       span("audit-action mono", e.action),
       span("audit-actor", e.actor),

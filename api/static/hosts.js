@@ -17,6 +17,16 @@ export function span(cls, text) {
   return node;
 }
 
+/** A row of a PolledPanel: an `<li>` of class `cls` (its test id the same), `data` its
+ * data- attributes. */
+export function listItem(cls, data) {
+  const li = document.createElement("li");
+  li.className = cls;
+  li.dataset.testid = cls;
+  Object.assign(li.dataset, data);
+  return li;
+}
+
 /** A sidebar list asked for again every few seconds (hosts, schedules, audit): `path`, `what`
  * and `row(item)` are the subclass's, and `count(rows)` when the count is not the length. */
 export class PolledPanel {
@@ -74,11 +84,7 @@ export class HostsPanel extends PolledPanel {
   }
 
   row(h) {
-    const li = document.createElement("li");
-    li.className = "host";
-    li.dataset.testid = "host";
-    li.dataset.hostname = h.hostname;
-    li.dataset.online = String(h.online);
+    const li = listItem("host", { hostname: h.hostname, online: String(h.online) });
     const labels = Object.entries(h.labels).map(([k, v]) => `${k}=${v}`);
     const concurrency = h.concurrency > 0 ? h.concurrency : "∞";
     li.append(

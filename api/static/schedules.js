@@ -5,7 +5,7 @@
  */
 
 import { fmtTime } from "/static/format.js";
-import { PolledPanel, span } from "/static/hosts.js";
+import { listItem, PolledPanel, span } from "/static/hosts.js";
 
 export class SchedulesPanel extends PolledPanel {
   path = "/api/schedules";
@@ -13,11 +13,7 @@ export class SchedulesPanel extends PolledPanel {
   needsDatabase = true;
 
   row(s) {
-    const li = document.createElement("li");
-    li.className = "schedule";
-    li.dataset.testid = "schedule";
-    li.dataset.scheduleId = s.id;
-    li.dataset.enabled = String(s.enabled);
+    const li = listItem("schedule", { scheduleId: s.id, enabled: String(s.enabled) });
     const cadence = s.cron ? `cron ${s.cron} (${s.timezone})` : `every ${s.intervalS} s`;
     const next = s.enabled ? `next ${fmtTime(s.nextRunAt)}` : "disabled";
     const nextEl = span("schedule-next", next);

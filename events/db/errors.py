@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from events.errors import CloudOpsError, ConfigError
+
+T = TypeVar("T")
 
 
 class SchemaBehindError(CloudOpsError):
@@ -67,6 +71,14 @@ class NoDatabaseError(ConfigError):
     def __init__(self, what: str = SAVED_THINGS) -> None:
         super().__init__(what + NEEDS_DATABASE)
         self.what = what
+
+
+def needs_database(store: T | None, what: str = SAVED_THINGS) -> T:
+    """`store`, one that lives in the history database; NoDatabaseError naming `what` when
+    none is configured (None)."""
+    if store is None:
+        raise NoDatabaseError(what)
+    return store
 
 
 def unavailable(where: str, e: Exception) -> DatabaseUnavailableError:

@@ -14,7 +14,7 @@ known here, and the next page (cursor below that key) finds it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -74,6 +74,15 @@ def _choice(value: str | None, name: str, allowed: Iterable[str]) -> str | None:
     return value
 
 
+# The filters a query-string value is checked by (the others: as given, empty is none).
+_CHECKS: dict[str, Callable[[str | None], Any]] = {
+    "status": lambda v: _choice(v, "status", (s.value for s in Status)),
+    "command_type": lambda v: _choice(v, "commandType", (c.value for c in CommandType)),
+    "since": lambda v: _time(v, "since"),
+    "until": lambda v: _time(v, "until"),
+}
+
+
 @dataclass(frozen=True)
 class SearchFilter:
     status: str | None = None
@@ -85,44 +94,20 @@ class SearchFilter:
     until: datetime | None = None
 
     @classmethod
-    def parse(
-        cls,
-        *,
-        status: str | None = None,
-        command_type: str | None = None,
-        q: str | None = None,
-        host: str | None = None,
-        submitted_by: str | None = None,
-        since: str | None = None,
-        until: str | None = None,
-    ) -> SearchFilter:
-        """From query-string values; BadFiltersError naming every bad one."""
+    def from_query(cls, query: Mapping[str, str | None]) -> SearchFilter:
+        """From the list's query string, by the names `query()` writes; other keys (limit,
+        cursor) are not filters and are passed over. BadFiltersError naming every bad one."""
         problems: list[InvalidRequestError] = []
         values: dict[str, Any] = {}
-        checks: list[tuple[str, str, Any]] = [
-            ("status", "status", lambda: _choice(status, "status", (s.value for s in Status))),
-            (
-                "command_type",
-                "commandType",
-                lambda: _choice(command_type, "commandType", (c.value for c in CommandType)),
-            ),
-            ("since", "since", lambda: _time(since, "since")),
-            ("until", "until", lambda: _time(until, "until")),
-        ]
-        for attr, _name, check in checks:
+        for attr, name in _QUERY_NAMES.items():
+            check = _CHECKS.get(attr)
             try:
-                values[attr] = check()
+                values[attr] = check(query.get(name)) if check else query.get(name) or None
             except InvalidRequestError as e:
                 problems.append(e)
         if problems:
             raise BadFiltersError(problems)
-        return cls(q=q or None, host=host or None, submitted_by=submitted_by or None, **values)
-
-    @classmethod
-    def from_query(cls, query: Mapping[str, str | None]) -> SearchFilter:
-        """From the list's query string, by the names `query()` writes; other keys (limit,
-        cursor) are not filters and are passed over."""
-        return cls.parse(**{attr: query.get(name) for attr, name in _QUERY_NAMES.items()})
+        return cls(**values)
 
     def matches(self, wire: Mapping[str, Any]) -> bool:
         """The filter on a record's wire JSON: the same rules History.search says in SQL."""
@@ -158,15 +143,7 @@ class SearchFilter:
 
     def sql_args(self) -> dict[str, Any]:
         """Keyword arguments of History.search."""
-        return {
-            "status": self.status,
-            "command_type": self.command_type,
-            "q": self.q,
-            "host": self.host,
-            "submitted_by": self.submitted_by,
-            "since": self.since,
-            "until": self.until,
-        }
+        return {attr: getattr(self, attr) for attr in _QUERY_NAMES}
 
 
 def record_key(wire: Mapping[str, Any]) -> Key:

@@ -7,12 +7,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import Engine
 
 from events.db import migrate
 from events.db.engine import make_engine
 from events.db.schema import metadata
+from tests.db.fleet import Fleet
 from tests.db.pg import create_pg_database, drop_pg_database
 
 DIALECTS = ["postgresql", "sqlite"]
@@ -57,3 +59,10 @@ def engine(db_url: str) -> Iterator[Engine]:
     eng = make_engine(db_url)
     yield eng
     eng.dispose()
+
+
+@pytest.fixture
+def api(fleet: Fleet) -> Iterator[httpx.Client]:
+    """A client of the relay of the module's `fleet` (a fixture of each fleet test module)."""
+    with fleet.api() as client:
+        yield client

@@ -26,6 +26,8 @@ from tests.helpers import (
 from tests.relay.helpers import RelayProcess, sse_events, start_relay
 
 TOKEN = "tok-" + uuid.uuid4().hex
+# The headers of a playbook's YAML body (`PUT /api/playbooks/{name}`).
+YAML = {"Content-Type": "text/yaml"}
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,11 @@ def running_fleet(tmp: Path, database_url: str, *, concurrency: int = 4) -> Iter
         yield f
     finally:
         f.stop()
+
+
+def put_playbook(api: httpx.Client, name: str, text: str | bytes) -> httpx.Response:
+    """Save `text` as the next version of playbook `name` through the relay."""
+    return api.put(f"/api/playbooks/{name}", content=text, headers=YAML)
 
 
 def see(api: httpx.Client, execution_id: str) -> Seen:

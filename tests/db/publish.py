@@ -19,7 +19,7 @@ from events.record_store import RecordStore
 from events.records import StepRecord
 from events.settings import Settings
 from events.vocabulary import CommandType, Status
-from tests.helpers import publish_passing_step
+from tests.helpers import publish_passing_step, queued_record
 
 
 class Scenario:
@@ -56,15 +56,7 @@ class Scenario:
         """Its record, queued now without options; `spec` a command's unless given."""
         if spec is None:
             spec = {"command": command, "commandType": command_type, "options": {}}
-        self.records.create(
-            ex,
-            command=command,
-            command_type=command_type,
-            options={},
-            queued_at=utc_now(),
-            spec=spec,
-            **more,
-        )
+        queued_record(self.records, ex, command_type, spec, command, **more)
 
     def command(
         self,

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from events.db.engine import make_engine
 from events.db.errors import NO_DATABASE
 from events.db.schema import executions
-from tests.db.fleet import TOKEN, Fleet, running_fleet
+from tests.db.fleet import TOKEN, Fleet, put_playbook, running_fleet
 from tests.helpers import embedded_env, run_cloudops, wait_until, worker_env
 from tests.relay.helpers import RelayProcess, start_relay
 
@@ -30,23 +30,12 @@ V2 = (
     "name: rotate-logs\nparams: {keep: '3'}\n"
     "steps:\n  - id: rotate\n    command: echo rotating v2 keep={{ params.keep }}\n"
 )
-YAML = {"Content-Type": "text/yaml"}
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[Fleet]:
     with running_fleet(tmp_path_factory.mktemp("saved-playbooks"), pg_url, concurrency=2) as f:
         yield f
-
-
-@pytest.fixture
-def api(fleet: Fleet) -> Iterator[httpx.Client]:
-    with fleet.api() as client:
-        yield client
-
-
-def _put(api: httpx.Client, name: str, text: str) -> httpx.Response:
-    return api.put(f"/api/playbooks/{name}", content=text, headers=YAML)
 
 
 def _ended(api: httpx.Client, execution_id: str) -> dict[str, Any]:
@@ -68,12 +57,12 @@ def _run(api: httpx.Client, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
 def test_two_saves_then_runs_of_the_latest_and_of_version_1(
     api: httpx.Client, fleet: Fleet
 ) -> None:
-    first, second = _put(api, "rotate-logs", V1), _put(api, "rotate-logs", V2)
+    first, second = put_playbook(api, "rotate-logs", V1), put_playbook(api, "rotate-logs", V2)
     assert (first.status_code, first.json()["version"]) == (201, 1), first.text
     assert (second.status_code, second.json()["version"]) == (201, 2), second.text
     assert second.headers["Location"] == "/api/playbooks/rotate-logs?version=2"
     # The same text again: nothing new, the latest version answered.
-    same = _put(api, "rotate-logs", V2)
+    same = put_playbook(api, "rotate-logs", V2)
     assert (same.status_code, same.json()["version"]) == (200, 2)
     got = api.get("/api/playbooks/rotate-logs").json()
     assert (got["version"], got["yaml"]) == (2, V2)
@@ -111,7 +100,7 @@ def test_two_saves_then_runs_of_the_latest_and_of_version_1(
 
 
 def test_a_bad_playbook_is_refused_and_nothing_is_stored(api: httpx.Client) -> None:
-    bad = _put(api, "broken", "name: broken\nsteps:\n  - name: no command here\n")
+    bad = put_playbook(api, "broken", "name: broken\nsteps:\n  - name: no command here\n")
     assert bad.status_code == 422, bad.text
     # Every problem listed, each with where it is (CONTRACT §5); the saved name is the source.
     problems = bad.json()["detail"]
@@ -119,9 +108,9 @@ def test_a_bad_playbook_is_refused_and_nothing_is_stored(api: httpx.Client) -> N
     assert problems[0]["msg"].startswith("broken, line 3, step 1"), problems
     assert api.get("/api/playbooks/broken").status_code == 404
     assert "broken" not in {p["name"] for p in api.get("/api/playbooks").json()}
-    not_utf8 = api.put("/api/playbooks/broken", content=b"\xff\xfe", headers=YAML)
+    not_utf8 = put_playbook(api, "broken", b"\xff\xfe")
     assert (not_utf8.status_code, not_utf8.json()) == (422, {"detail": "body: must be UTF-8 text"})
-    bad_name = _put(api, "has.space%20here", V1)
+    bad_name = put_playbook(api, "has.space%20here", V1)
     assert bad_name.status_code == 422 and bad_name.json()["detail"].startswith("name: must be")
 
 
@@ -218,7 +207,7 @@ def relay_without_db(fleet: Fleet) -> Iterator[RelayProcess]:
 def test_without_a_database_503_and_exit_2(fleet: Fleet, relay_without_db: RelayProcess) -> None:
     with relay_without_db.client(timeout=30.0) as api:
         for resp in (
-            _put(api, "x", V1),
+            put_playbook(api, "x", V1),
             api.get("/api/playbooks"),
             api.get("/api/playbooks/x"),
             api.delete("/api/playbooks/x"),

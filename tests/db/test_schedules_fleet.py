@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.db.fleet import TOKEN, Fleet, running_fleet
+from tests.db.fleet import TOKEN, Fleet, put_playbook, running_fleet
 from tests.helpers import ManagedProcess, cloudops_argv, run_cloudops, start_process, wait_until
 from tests.helpers import worker_env as fleet_env
 
@@ -30,19 +30,12 @@ TICKER = (
     "name: ticker\nparams: {n: '1'}\nsteps:\n  - id: tick\n    command: echo tick {{ params.n }}\n"
 )
 SLOW = "name: slow\nmax_concurrent: 1\nsteps:\n  - id: nap\n    command: sleep 2.5\n"
-YAML = {"Content-Type": "text/yaml"}
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[Fleet]:
     with running_fleet(tmp_path_factory.mktemp("schedules"), pg_url, concurrency=3) as f:
         yield f
-
-
-@pytest.fixture
-def api(fleet: Fleet) -> Iterator[httpx.Client]:
-    with fleet.api() as client:
-        yield client
 
 
 _SCHEDULER_NUMBERS = itertools.count(1)
@@ -102,7 +95,7 @@ def _runs(api: httpx.Client, schedule_id: str) -> list[dict[str, Any]]:
 
 
 def _save(api: httpx.Client, name: str, text: str) -> None:
-    resp = api.put(f"/api/playbooks/{name}", content=text, headers=YAML)
+    resp = put_playbook(api, name, text)
     assert resp.status_code in (200, 201), resp.text
 
 
@@ -112,6 +105,14 @@ def _create(api: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
     made: dict[str, Any] = resp.json()
     assert resp.headers["Location"] == f"/api/schedules/{made['id']}"
     return made
+
+
+def _ticking(api: httpx.Client) -> tuple[dict[str, Any], datetime]:
+    """The saved ticker scheduled every 2 s, once two of its runs are seen: the schedule and
+    its anchor (when it was made)."""
+    made = _create(api, {"playbookName": "ticker", "intervalS": 2})
+    wait_until(lambda: len(_runs(api, made["id"])) >= 2, timeout_s=20, what="two runs")
+    return made, _at(made["createdAt"])
 
 
 def _wait_past(at: datetime) -> None:
@@ -236,9 +237,7 @@ def test_ticks_missed_while_every_scheduler_was_down_are_not_replayed(
 ) -> None:
     _save(api, "ticker", TICKER)
     schedulers.start_active(2)
-    made = _create(api, {"playbookName": "ticker", "intervalS": 2})
-    anchor = _at(made["createdAt"])
-    wait_until(lambda: len(_runs(api, made["id"])) >= 2, timeout_s=20, what="two runs")
+    made, anchor = _ticking(api)
     schedulers.kill_all()  # SIGKILL: the lock is not released, it expires (5 s)
     killed_at = datetime.now(UTC)
     before = _runs(api, made["id"])
@@ -267,9 +266,7 @@ def test_a_stopped_scheduler_hands_over_to_the_standby(
     _save(api, "ticker", TICKER)
     schedulers.start_active(2)
     first = schedulers.wait_active()
-    made = _create(api, {"playbookName": "ticker", "intervalS": 2})
-    anchor = _at(made["createdAt"])
-    wait_until(lambda: len(_runs(api, made["id"])) >= 2, timeout_s=20, what="two runs")
+    made, anchor = _ticking(api)
     first.stop(timeout_s=10)  # SIGTERM: beat's loop ends and releases the lock at once
     assert "Releasing lock" in first.log()
     standby = schedulers.wait_active()

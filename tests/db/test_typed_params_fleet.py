@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 from events.db.engine import make_engine
 from events.db.schema import executions
-from tests.db.fleet import TOKEN, Fleet, see
+from tests.db.fleet import TOKEN, Fleet, put_playbook, see
 from tests.helpers import run_cloudops, wait_until, worker_env
 
 pytestmark = pytest.mark.integration
@@ -42,7 +42,6 @@ steps:
   - id: again
     command: echo "second {{ params.api_key }}"
 """
-YAML = {"Content-Type": "text/yaml"}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +55,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[Fle
 @pytest.fixture(scope="module")
 def api(fleet: Fleet) -> Iterator[httpx.Client]:
     with fleet.api() as client:
-        saved = client.put("/api/playbooks/typed", content=TYPED, headers=YAML)
+        saved = put_playbook(client, "typed", TYPED)
         assert saved.status_code == 201, saved.text
         yield client
 
@@ -148,7 +147,7 @@ def test_a_bad_declaration_is_refused_when_saved(api: httpx.Client) -> None:
         "  c: {type: choice, choices: [x], default: y}\n"
         "steps:\n  - command: echo hi\n"
     )
-    resp = api.put("/api/playbooks/bad-decl", content=text, headers=YAML)
+    resp = put_playbook(api, "bad-decl", text)
     assert resp.status_code == 422, resp.text
     locs = [d["loc"][-1] for d in resp.json()["detail"]]
     assert locs == ["a", "b", "c"]

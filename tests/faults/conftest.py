@@ -166,7 +166,7 @@ class Fleet:
         if submit is not None:
             ex = submit(command)
         else:
-            ex = self.dispatcher.submit_command(command, "script", ExecutionOptions())
+            ex = self.dispatcher.submit_command(command, "script", options=ExecutionOptions())
         t = Tracked(ex, out_dir, marker, expect, error_contains)
         self.tracked.append(t)
         return t

@@ -36,7 +36,6 @@ from kombu.entity import Exchange
 from kombu.messaging import Producer
 
 from events.errors import InvalidRequestError
-from events.models import utc_now
 from events.vocabulary import CommandType
 from tests.faults.conftest import MakeFleet
 from tests.faults.invariants import (
@@ -44,7 +43,14 @@ from tests.faults.invariants import (
     Tracked,
     require,
 )
-from tests.helpers import REPO, PrivateRedis, cloudops_argv, venv_path_env, wait_until
+from tests.helpers import (
+    REPO,
+    PrivateRedis,
+    cloudops_argv,
+    queued_record,
+    venv_path_env,
+    wait_until,
+)
 from worker.app import broker_key_prefix
 from worker.playbook.errors import PlaybookError
 from worker.playbook.loading import load_playbook
@@ -488,14 +494,7 @@ def test_worker_fed_garbage_keeps_serving(
     def malformed(spec: object, raw: bool = False) -> Tracked:
         """A record whose spec a worker cannot run, and its task."""
         ex = f"ex_bad{len(fleet.tracked):04d}"
-        rt.records.create(
-            ex,
-            command="?",
-            command_type=CommandType.SCRIPT,
-            options={},
-            queued_at=utc_now(),
-            spec=None if raw else spec,  # type: ignore[arg-type]
-        )
+        queued_record(rt.records, ex, CommandType.SCRIPT, None if raw else spec)
         if raw:
             rt.redis.hset(fleet.keys.record(ex), "spec", str(spec))
         app.send_task(TASK_RUN_COMMAND, args=[ex], task_id=ex, queue=s.default_queue)

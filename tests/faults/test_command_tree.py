@@ -64,7 +64,9 @@ def submit_shapes(fleet: Fleet, *, timeout: int | None = None) -> list[Tracked]:
         out.mkdir()
         # A file the command appends to when it starts: a second run would show.
         command = f"echo run >> {out}/runs; {shape(marker)}"
-        ex = fleet.dispatcher.submit_command(command, "script", ExecutionOptions(timeout=timeout))
+        ex = fleet.dispatcher.submit_command(
+            command, "script", options=ExecutionOptions(timeout=timeout)
+        )
         t = Tracked(ex, out, marker, output_known=False)
         fleet.tracked.append(t)
         tracked.append(t)
@@ -148,7 +150,7 @@ def test_a_restarted_worker_kills_what_a_lost_execution_left(
     out = fleet.tmp / "left"
     out.mkdir()
     command = f"(exec -a {marker} sleep 300) & echo ready; wait"
-    ex = fleet.dispatcher.submit_command(command, "script", ExecutionOptions())
+    ex = fleet.dispatcher.submit_command(command, "script", options=ExecutionOptions())
     fleet.tracked.append(Tracked(ex, out, marker, frozenset({"failed"}), LOST, False))
     wait_until(lambda: len(live_pids_with(marker)) >= 2, 30, what="the command to start")
     os.killpg(worker.pid, signal.SIGKILL)

@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Unpack
 
 import yaml
 
@@ -27,9 +27,10 @@ from events.models import ExecutionOptions, utc_now
 from events.publisher import Publisher
 from events.record_store import RecordStore
 from events.records import StepRecord
-from events.requests import REQUEST_SOURCE, Params, PlaybookSource, SavedRef, ScheduledTick
+from events.requests import REQUEST_SOURCE, Params, PlaybookSource
 from events.rerun import RerunHosts, RerunSource, plan_rerun
 from events.settings import Settings
+from events.starts import CommandStart, Origin, PlaybookStart, source_of
 from events.vocabulary import COMMAND_TYPES, CommandType, RecordField, Status
 from tests.helpers import publish_passing_step
 from worker.playbook.loading import check_for_saving
@@ -60,19 +61,12 @@ class FakeDispatcher:
         self._lock = threading.Lock()
 
     # -- Dispatcher ------------------------------------------------------------------------
-    def submit_command(
-        self,
-        command: str,
-        command_type: str,
-        options: ExecutionOptions | None = None,
-        *,
-        submitted_by: str | None = None,
-    ) -> str:
+    def submit_command(self, command: str, command_type: str, **start: Unpack[CommandStart]) -> str:
         if command_type not in COMMAND_TYPES:
             raise InvalidRequestError("commandType", "must be aws_cli or script")
         if not command.strip():
             raise InvalidRequestError("command", "must not be empty")
-        opts = options or ExecutionOptions()
+        opts = start.get("options") or ExecutionOptions()
         kind = CommandType(command_type)
         execution_id = self._create(
             command,
@@ -84,15 +78,9 @@ class FakeDispatcher:
         return execution_id
 
     def submit_playbook(
-        self,
-        playbook: PlaybookSource,
-        params: Params = None,
-        *,
-        source: str = REQUEST_SOURCE,
-        saved: SavedRef | None = None,
-        submitted_by: str | None = None,
-        schedule: ScheduledTick | None = None,
+        self, playbook: PlaybookSource, params: Params = None, **start: Unpack[PlaybookStart]
     ) -> str:
+        source = source_of(start)
         try:
             doc = yaml.safe_load(playbook) if isinstance(playbook, str) else playbook
         except yaml.YAMLError as e:
@@ -125,19 +113,14 @@ class FakeDispatcher:
         return execution_id
 
     def rerun(
-        self,
-        source: RerunSource,
-        hosts: RerunHosts,
-        params: Params = None,
-        *,
-        submitted_by: str | None = None,
+        self, source: RerunSource, hosts: RerunHosts, params: Params = None, **start: Unpack[Origin]
     ) -> str:
         """The real rule (events.rerun) over the scripted runs: a command again, or the steps
         of a playbook from the first that did not succeed (these never fan out)."""
         plan = plan_rerun(source, hosts)
         spec = source.spec or {}
         extra: dict[str, str] = {RecordField.RERUN_OF: source.execution_id}
-        if submitted_by:
+        if submitted_by := start.get("submitted_by"):
             extra[RecordField.SUBMITTED_BY] = submitted_by
         if "steps" in spec:
             steps = [(s, n, c) for s, n, c in spec["steps"][plan.start_index :]]

@@ -9,47 +9,17 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from events.models import ExecutionOptions
 from tests.conftest import StartWorker
-from tests.helpers import (
-    live_pids_with,
-    output_of,
-    payloads,
-    wait_task_disposed,
-    wait_until,
-)
+from tests.helpers import live_pids_with, output_of, payloads, wait_task_disposed, wait_until
 from tests.worker.conftest import CeleryDispatcher, Collect
+from tests.worker.trees import assert_tree_dead, new_marker, tree_script, wait_tree_up
 
 pytestmark = pytest.mark.integration
-
-
-def new_marker() -> str:
-    """A sleep duration no other process uses: `sleep <marker>N` marks a test's processes."""
-    return f"300.{uuid.uuid4().int % 10**8:08d}"
-
-
-def tree_script(marker: str) -> str:
-    """A tree: a grandchild, a background job, a child that ignores SIGTERM."""
-    return (
-        f"echo started; "
-        f"bash -c 'sleep {marker}1; true' & "
-        f"(sleep {marker}2 &) ; "
-        f"bash -c 'trap \"\" TERM; sleep {marker}3; true' & "
-        f"sleep {marker}4"
-    )
-
-
-def wait_tree_up(marker: str) -> None:
-    wait_until(lambda: len(live_pids_with(marker)) >= 4, 10, what="the tree to start")
-
-
-def assert_tree_dead(marker: str) -> None:
-    assert live_pids_with(marker) == [], f"left running: {live_pids_with(marker)}"
 
 
 def test_timeout_kills_the_whole_tree(
@@ -57,7 +27,9 @@ def test_timeout_kills_the_whole_tree(
 ) -> None:
     start_worker()
     marker = new_marker()
-    ex = dispatcher.submit_command(tree_script(marker), "script", ExecutionOptions(timeout=2))
+    ex = dispatcher.submit_command(
+        tree_script(marker), "script", options=ExecutionOptions(timeout=2)
+    )
     events = collect(ex, timeout_s=30)
     names = [e.event for e in events]
     assert names[0] == "execution_started" and names[-1] == "execution_complete"

@@ -78,7 +78,7 @@ def test_bad_working_directory_fails_before_start(
     dispatcher: CeleryDispatcher, collect: Collect
 ) -> None:
     opts = ExecutionOptions(working_dir="/nonexistent/dir")
-    events = collect(dispatcher.submit_command("pwd", "script", opts))
+    events = collect(dispatcher.submit_command("pwd", "script", options=opts))
     assert [e.event for e in events] == ["execution_started", "execution_complete"]
     done = payloads(events)[-1]
     assert done["status"] == "failed" and "exitCode" not in done
@@ -91,7 +91,7 @@ def test_working_dir_and_options_reach_the_command(
     opts = ExecutionOptions(working_dir=str(tmp_path), aws_profile="ops", aws_region="eu-west-3")
     events = collect(
         dispatcher.submit_command(
-            'pwd; echo "$AWS_PROFILE $AWS_REGION $AWS_DEFAULT_REGION"', "script", opts
+            'pwd; echo "$AWS_PROFILE $AWS_REGION $AWS_DEFAULT_REGION"', "script", options=opts
         )
     )
     assert output_of(events) == f"{tmp_path}\nops eu-west-3 eu-west-3\n"
@@ -175,7 +175,7 @@ def test_secrets_are_masked_in_the_record_every_field_and_across_streams(
         f"echo {secret}; printf abc123; sleep 0.3; printf 'secretXYZ\\n' >&2", "script"
     )
     bad_dir = dispatcher.submit_command(
-        "true", "script", ExecutionOptions(working_dir=f"/nonexistent/{secret}")
+        "true", "script", options=ExecutionOptions(working_dir=f"/nonexistent/{secret}")
     )
     for ex in (typed, bad_dir):
         events = collect(ex)

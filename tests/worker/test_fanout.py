@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import signal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from events.hosts import HostRegistry
 from tests.conftest import StartWorker
 from tests.helpers import CeleryDispatcher, ManagedProcess, live_pids_with, payloads, wait_until
 from tests.worker.conftest import Collect
-from tests.worker.test_cancel import assert_tree_dead, new_marker, tree_script
+from tests.worker.trees import assert_tree_dead, new_marker, tree_script
 
 # Each host prints its MARK and when it started and ended its run (epoch seconds).
 TIMED = "echo start $MARK $(date +%s.%N); sleep {s}; echo end $MARK $(date +%s.%N)"
@@ -141,25 +142,20 @@ def test_parallel_max_failures_labels_offline_hosts_no_match_retries_and_timeout
     start_worker: StartWorker, dispatcher: CeleryDispatcher, collect: Collect, tmp_path: Path
 ) -> None:
     start_fleet(start_worker, dispatcher, web1="web", web2="web", web3="web", db1="db")
+    run_step = partial(step_runs, dispatcher, collect)
     # parallel: 1: one host after the other, in the registry's order.
-    events = step_runs(
-        dispatcher,
-        collect,
-        {"command": TIMED.format(s=0.3), "targets": {"queue": "web"}, "parallel": 1},
-    )
+    events = run_step({"command": TIMED.format(s=0.3), "targets": {"queue": "web"}, "parallel": 1})
     spans = sorted(runs(events).values())
     assert len(spans) == 3
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))  # never overlap
     # max_failures: 0 and the first host fails: the others never start.
-    events = step_runs(
-        dispatcher,
-        collect,
+    events = run_step(
         {
             "command": '[ "$MARK" != web1 ]',
             "targets": {"queue": "web"},
             "parallel": 1,
             "max_failures": 0,
-        },
+        }
     )
     assert [(h, s) for h, s, _ in host_ends(events)] == [
         ("web1@t", "failed"),
@@ -171,17 +167,13 @@ def test_parallel_max_failures_labels_offline_hosts_no_match_retries_and_timeout
     assert done["success"] is False and done["hostCounts"] == {"failed": 1, "skipped": 2}
     assert payloads(events)[-1]["status"] == "failed"
     # labels: every one must match.
-    events = step_runs(
-        dispatcher,
-        collect,
-        {"command": "echo $MARK", "targets": {"labels": {"tier": "db", "region": "eu"}}},
+    events = run_step(
+        {"command": "echo $MARK", "targets": {"labels": {"tier": "db", "region": "eu"}}}
     )
     assert host_ends(events) == [("db1@t", "completed", None)]
     assert payloads(events)[-1]["status"] == "completed"
     # a named host that is offline (unknown) fails as "host offline"; the others run.
-    events = step_runs(
-        dispatcher, collect, {"command": "echo $MARK", "targets": {"hosts": ["web2@t", "gone@t"]}}
-    )
+    events = run_step({"command": "echo $MARK", "targets": {"hosts": ["web2@t", "gone@t"]}})
     assert sorted(host_ends(events)) == [
         ("gone@t", "failed", "host offline"),
         ("web2@t", "completed", None),
@@ -192,24 +184,20 @@ def test_parallel_max_failures_labels_offline_hosts_no_match_retries_and_timeout
         "failed": 1,
     }
     # no host at all: the step fails with a clear error.
-    events = step_runs(
-        dispatcher, collect, {"command": "echo $MARK", "targets": {"labels": {"tier": "nope"}}}
-    )
+    events = run_step({"command": "echo $MARK", "targets": {"labels": {"tier": "nope"}}})
     done = payloads(events, "playbook_step_complete")[0]
     assert done["success"] is False and done["error"] == "no online host matches targets"
     assert not payloads(events, "playbook_host_start")
     assert "no online host matches targets" in payloads(events)[-1]["error"]
     # retries: only the host that failed runs again.
     flag = tmp_path / "failed-once"
-    events = step_runs(
-        dispatcher,
-        collect,
+    events = run_step(
         {
             "command": f"echo run $MARK; if [ $MARK = web1 ] && [ ! -e {flag} ]; then "
             f"touch {flag}; exit 3; fi",
             "targets": {"queue": "web"},
             "retries": 2,
-        },
+        }
     )
     out = [(p["host"], p["output"]) for p in payloads(events, "execution_output")]
     assert sorted(o for h, o in out if o.startswith("run")) == [
@@ -221,14 +209,12 @@ def test_parallel_max_failures_labels_offline_hosts_no_match_retries_and_timeout
     assert [h for h, o in out if "attempt 1 of 3 failed" in o] == ["web1@t"]
     assert {s for _, s, _ in host_ends(events)} == {"completed"}
     # timeouts: per host; the host that ran out of time is `timeout`, the others go on.
-    events = step_runs(
-        dispatcher,
-        collect,
+    events = run_step(
         {
             "command": "if [ $MARK = web3 ]; then sleep 30; fi; echo done $MARK",
             "targets": {"queue": "web"},
             "timeout": 1,
-        },
+        }
     )
     assert sorted((h, s) for h, s, _ in host_ends(events)) == [
         ("web1@t", "completed"),

@@ -81,7 +81,7 @@ def test_real_aws_cli_gets_profile_and_region(
     )
     opts = ExecutionOptions(aws_profile="ops", aws_region="eu-west-3")
     ex = dispatcher.submit_command(
-        f"aws sts get-caller-identity --endpoint-url {url} --output json", "aws_cli", opts
+        f"aws sts get-caller-identity --endpoint-url {url} --output json", "aws_cli", options=opts
     )
     events = collect(ex, timeout_s=60)
     done = payloads(events)[-1]

@@ -32,7 +32,7 @@ from tests.helpers import (
 )
 from tests.worker.conftest import Collect
 from tests.worker.playbook_batch import drain_playbooks, history_problems
-from tests.worker.test_cancel import assert_tree_dead, new_marker, tree_script, wait_tree_up
+from tests.worker.trees import assert_tree_dead, new_marker, tree_script, wait_tree_up
 from worker.playbook.errors import PlaybookError
 from worker.reaper import reap_once
 

@@ -22,7 +22,7 @@ from events.subscriber import Follower
 from events.vocabulary import Status
 from events.wire import RawEvent
 from tests.helpers import REPO, assert_one_output_per_step, cloudops_argv, embedded_env, payloads
-from tests.worker.test_cancel import assert_tree_dead, new_marker, tree_script, wait_tree_up
+from tests.worker.trees import assert_tree_dead, new_marker, tree_script, wait_tree_up
 from worker.playbook.errors import PlaybookError
 
 

@@ -38,7 +38,7 @@ def hand_off(
         return None
     try:
         route = step_route(rt, spec["steps"][index])
-        tasks.send_step(execution_id, index, route.queue, host=route.host, secrets=secrets_of(spec))
+        tasks.send_step(execution_id, index, route, secrets=secrets_of(spec))
     except Exception as e:
         log.exception("could not queue step %d of %s", index + 1, execution_id)
         return Ending(Status.FAILED, error=f"could not queue step {index + 1}: {e}")

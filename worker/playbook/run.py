@@ -124,7 +124,7 @@ def submit_playbook(
 ) -> str:
     """Validate, create the record (queued) and queue the first step, or wait for a slot.
     `saved`: the saved playbook (name, version) this run is of, named by its record; `extra`:
-    more record fields (who started it, events.requests.origin_fields)."""
+    more record fields (who started it, events.starts.origin_fields)."""
     prepared = prepare_playbook(playbook, params, source=source)
     fields = saved.record_fields() if saved is not None else {}
     return queue_run(
@@ -175,7 +175,7 @@ def queue_run(
         admit(rt, execution_id, name, int(limit), tasks, secrets)
     else:
         route = step_route(rt, spec["steps"][0])
-        tasks.send_step(execution_id, 0, route.queue, host=route.host, secrets=secrets)
+        tasks.send_step(execution_id, 0, route, secrets=secrets)
     return execution_id
 
 

@@ -46,7 +46,7 @@ def start_first_step(
     spec = rt.records.spec(execution_id) or {}
     steps = spec.get("steps") or [{}]
     route = step_route(rt, steps[0])
-    tasks.send_step(execution_id, 0, route.queue, host=route.host, secrets=secrets)
+    tasks.send_step(execution_id, 0, route, secrets=secrets)
     return True
 
 

@@ -5,12 +5,12 @@ where a step's task goes.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from events.hosts import HostRegistry
 from worker.runtime import Runtime
+from worker.taskqueue import Route
 
 
 def online_hosts(rt: Runtime) -> list[dict[str, Any]]:
@@ -32,14 +32,6 @@ def match_targets(
         return [h["hostname"] for h in online if targets["queue"] in h["queues"]], []
     wanted = dict(targets["labels"]).items()
     return [h["hostname"] for h in online if wanted <= dict(h["labels"]).items()], []
-
-
-@dataclass(frozen=True)
-class Route:
-    """Where a step's task goes: a queue (None: the default one), or one host's own queue."""
-
-    queue: str | None
-    host: str | None = None
 
 
 def step_route(rt: Runtime, step: Mapping[str, Any]) -> Route:

@@ -172,13 +172,14 @@ def boolean(value: object) -> bool:
     return value
 
 
-def env_name(value: object) -> str:
+def valid_name(value: object, pattern: re.Pattern[str], what: str) -> str:
+    """A name `pattern` matches; else `<the value> is not a valid <what>`."""
     text = string(value)
-    return matching(
-        ENV_NAME_RE,
-        text,
-        f"{shown(text)} is not a valid environment variable name (letters, digits, _)",
-    )
+    return matching(pattern, text, f"{shown(text)} is not a valid {what}")
+
+
+def env_name(value: object) -> str:
+    return valid_name(value, ENV_NAME_RE, "environment variable name (letters, digits, _)")
 
 
 def env_value(value: object) -> str:
@@ -190,12 +191,8 @@ def env_value(value: object) -> str:
 
 
 def param_name(value: object) -> str:
-    text = string(value)
-    return matching(
-        PARAM_NAME_RE,
-        text,
-        f"{shown(text)} is not a valid param name (letters, digits, _, not starting with a digit)",
-    )
+    what = "param name (letters, digits, _, not starting with a digit)"
+    return valid_name(value, PARAM_NAME_RE, what)
 
 
 def param_declaration(value: object) -> ParamDecl:

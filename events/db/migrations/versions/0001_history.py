@@ -1,9 +1,4 @@
-"""History of executions: records, event batches, hosts (CONTRACT §8).
-
-Revision ID: 0001
-Revises:
-Create Date: 2026-03-10
-"""
+"""History of executions: records, event batches, hosts (CONTRACT §8)."""
 
 from __future__ import annotations
 
@@ -12,8 +7,6 @@ from alembic import op
 
 revision = "0001"
 down_revision: str | None = None
-branch_labels: str | None = None
-depends_on: str | None = None
 
 _NEWEST_FIRST = [sa.text("queued_at DESC"), sa.text("execution_id DESC")]
 

@@ -1,9 +1,4 @@
-"""Saved playbooks, every version kept (CONTRACT §10).
-
-Revision ID: 0002
-Revises: 0001
-Create Date: 2026-12-02
-"""
+"""Saved playbooks, every version kept (CONTRACT §10)."""
 
 from __future__ import annotations
 
@@ -12,8 +7,6 @@ from alembic import op
 
 revision = "0002"
 down_revision: str | None = "0001"
-branch_labels: str | None = None
-depends_on: str | None = None
 
 
 def upgrade() -> None:

@@ -1,9 +1,4 @@
-"""Schedules of saved playbooks (CONTRACT §10).
-
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-12-03
-"""
+"""Schedules of saved playbooks (CONTRACT §10)."""
 
 from __future__ import annotations
 
@@ -12,8 +7,6 @@ from alembic import op
 
 revision = "0003"
 down_revision: str | None = "0002"
-branch_labels: str | None = None
-depends_on: str | None = None
 
 
 def upgrade() -> None:

@@ -1,9 +1,4 @@
-"""Named API tokens with roles, queue scopes and expiry, their secrets hashed (CONTRACT §9).
-
-Revision ID: 0004
-Revises: 0003
-Create Date: 2026-12-03
-"""
+"""Named API tokens with roles, queue scopes and expiry, their secrets hashed (CONTRACT §9)."""
 
 from __future__ import annotations
 
@@ -12,8 +7,6 @@ from alembic import op
 
 revision = "0004"
 down_revision: str | None = "0003"
-branch_labels: str | None = None
-depends_on: str | None = None
 
 
 def upgrade() -> None:

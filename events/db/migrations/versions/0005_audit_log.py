@@ -1,9 +1,4 @@
-"""The audit log: who did what, kept apart from the execution retention (CONTRACT §9).
-
-Revision ID: 0005
-Revises: 0004
-Create Date: 2026-12-03
-"""
+"""The audit log: who did what, kept apart from the execution retention (CONTRACT §9)."""
 
 from __future__ import annotations
 
@@ -12,8 +7,6 @@ from alembic import op
 
 revision = "0005"
 down_revision: str | None = "0004"
-branch_labels: str | None = None
-depends_on: str | None = None
 
 
 def upgrade() -> None:
