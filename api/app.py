@@ -27,7 +27,7 @@ from api.audit_routes import audit_router
 from api.auth import install_log_redaction
 from api.dispatch import Dispatcher, HealthCheck, Service
 from api.headers import SecurityHeaders
-from api.limits import BodyLimit, nesting_refused
+from api.limits import BodyLimit, StreamLimit, nesting_refused
 from api.options import RelayOptions
 from api.playbooks import playbooks_router
 from api.relay import Relay, RelayClients
@@ -108,8 +108,11 @@ def create_app(
     )
     errors.install(app)
     app.add_exception_handler(RecursionError, nesting_refused)
-    # Outermost last: CORS, then the security headers, then the body limit, then the routes.
+    # Outermost last: CORS, then the security headers, then the audit, the stream limit and
+    # the body limit, then the routes.
     app.add_middleware(BodyLimit, settings=settings)
+    # A stream past its bounds is refused before routing (api.limits.StreamLimit).
+    app.add_middleware(StreamLimit)
     # Outside the body limit: its 401s before the body is read are audited too.
     app.add_middleware(AuditMiddleware)
     app.add_middleware(SecurityHeaders)
