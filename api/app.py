@@ -10,6 +10,7 @@ not wait on them.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -88,6 +89,11 @@ def create_app(
             for service in services:
                 service.start()
                 started.append(service)
+            # Everything made so far (modules, the app, its routes: some 150,000 objects) lives
+            # as long as the process: out of the collector's sight, so that a full collection
+            # under load walks only what streams and requests made, not a 70-90 ms pause of
+            # every stream (measured by the hostile-load fault test).
+            gc.freeze()
             yield
         finally:
             for service in reversed(started):
