@@ -10,6 +10,7 @@ not wait on them.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -27,7 +28,7 @@ from api.audit_routes import audit_router
 from api.auth import install_log_redaction
 from api.dispatch import Dispatcher, HealthCheck, Service
 from api.headers import SecurityHeaders
-from api.limits import BodyLimit, nesting_refused
+from api.limits import BodyLimit, StreamLimit, nesting_refused
 from api.options import RelayOptions
 from api.playbooks import playbooks_router
 from api.relay import Relay, RelayClients
@@ -88,6 +89,11 @@ def create_app(
             for service in services:
                 service.start()
                 started.append(service)
+            # Everything made so far (modules, the app, its routes: some 150,000 objects) lives
+            # as long as the process: out of the collector's sight, so that a full collection
+            # under load walks only what streams and requests made, not a 70-90 ms pause of
+            # every stream (measured by the hostile-load fault test).
+            gc.freeze()
             yield
         finally:
             for service in reversed(started):
@@ -108,8 +114,11 @@ def create_app(
     )
     errors.install(app)
     app.add_exception_handler(RecursionError, nesting_refused)
-    # Outermost last: CORS, then the security headers, then the body limit, then the routes.
+    # Outermost last: CORS, then the security headers, then the audit, the stream limit and
+    # the body limit, then the routes.
     app.add_middleware(BodyLimit, settings=settings)
+    # A stream past its bounds is refused before routing (api.limits.StreamLimit).
+    app.add_middleware(StreamLimit)
     # Outside the body limit: its 401s before the body is read are audited too.
     app.add_middleware(AuditMiddleware)
     app.add_middleware(SecurityHeaders)

@@ -24,7 +24,8 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 import orjson
 import redis
 
-from api.hub import ClientQueue, Hub
+from api.hub import Hub
+from api.inbox import ClientQueue
 from api.options import RelayOptions
 from api.store import Store
 from events.wire import RawEvent

@@ -22,15 +22,14 @@ import contextlib
 import logging
 import re
 import time
-from collections import deque
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 
+from api.inbox import ClientQueue, Route
 from api.options import RelayOptions
 from events.errors import EventDecodeError
-from events.settings import MIB
 from events.subscriber import as_is_async
 from events.wire import RawEvent
 
@@ -73,119 +72,6 @@ class RelayEvent(RawEvent):
         return self._text
 
 
-def _expire(waiter: asyncio.Future[bool]) -> None:
-    if not waiter.done():
-        waiter.set_result(False)
-
-
-class ClientQueue:
-    """One client's inbox of live events, bounded in bytes and in count.
-
-    Once it overflowed, its events are let go (the client reads the history from its last id
-    instead) and only their size is counted: `behind_bytes` is how far the client is behind
-    the live stream, what the stream writers hold against the per-stream bound."""
-
-    __slots__ = (
-        "_bytes",
-        "_dropped_bytes",
-        "_items",
-        "_waiter",
-        "dropped",
-        "lagging",
-        "max_bytes",
-        "max_events",
-        "overflowed",
-    )
-
-    def __init__(self, max_bytes: int = 1 * MIB, max_events: int = 1024) -> None:
-        self._items: deque[RawEvent] = deque()
-        self._bytes = 0
-        self._dropped_bytes = 0
-        self._waiter: asyncio.Future[bool] | None = None
-        self.max_bytes = max_bytes
-        self.max_events = max_events
-        self.overflowed = False
-        self.lagging = False  # the channel missed a message: read the history
-        self.dropped = 0
-
-    def put(self, ev: RawEvent) -> None:
-        """Called by the hub; never blocks. Past the bound the event is dropped and flagged."""
-        size = len(ev.data)  # bytes
-        if self.overflowed:
-            # The client will read the history from its last id: later events are useless here.
-            self.dropped += 1
-            self._dropped_bytes += size
-            return
-        if self._items and (
-            self._bytes + size > self.max_bytes or len(self._items) >= self.max_events
-        ):
-            self.overflowed = True
-            self.dropped += 1
-            self._dropped_bytes += self._bytes + size
-            self._items.clear()  # never delivered now: the history read replaces them
-            self._bytes = 0
-        else:
-            self._items.append(ev)
-            self._bytes += size
-        self._wakeup()
-
-    def take(self) -> list[RawEvent]:
-        items = list(self._items)
-        self._items.clear()
-        self._bytes = 0
-        return items
-
-    def reset(self) -> None:
-        """Forget everything queued and the flags (before a history read)."""
-        self.take()
-        self.overflowed = False
-        self.lagging = False
-        self._dropped_bytes = 0
-
-    def flag_lagging(self) -> None:
-        self.lagging = True
-        self._wakeup()
-
-    @property
-    def needs_history(self) -> bool:
-        return self.overflowed or self.lagging
-
-    def notify(self) -> None:
-        self._wakeup()
-
-    def _wakeup(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(True)
-
-    @property
-    def queued_bytes(self) -> int:
-        return self._bytes
-
-    @property
-    def behind_bytes(self) -> int:
-        """Bytes of live events not yet taken: queued, or dropped since it overflowed."""
-        return self._bytes + self._dropped_bytes
-
-    async def wait(self, timeout_s: float) -> bool:
-        """Wait for an event, an overflow or a notification; False when the timeout came first.
-
-        A bare future and one timer: this runs once per event per client, and asyncio.timeout
-        around an Event costs several times more.
-        """
-        if self._items or self.needs_history:
-            return True
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[bool] = loop.create_future()
-        self._waiter = waiter
-        timer = loop.call_later(timeout_s, _expire, waiter)
-        try:
-            return await waiter
-        finally:
-            timer.cancel()
-            self._waiter = None
-
-
 class Hub:
     """Routes the messages of one pub/sub connection to the inboxes that registered for them."""
 
@@ -194,7 +80,7 @@ class Hub:
         self._client = client
         # Its pings, reconnects and lost-message checks: the hub_* and lost_message_check_s.
         self._options = options
-        self._routes: dict[bytes, set[ClientQueue]] = {}
+        self._routes: dict[bytes, Route] = {}
         # Per execution channel: its sequence counter's key and the highest id it delivered.
         self._seq_keys: dict[bytes, str] = {}
         self._seen: dict[bytes, int] = {}
@@ -235,7 +121,7 @@ class Hub:
         hub is disconnected: it subscribes on reconnect, and bumps `generation` then).
         With `seq_key` (an execution's counter) the channel is checked for lost messages."""
         ch = channel.encode()
-        self._routes.setdefault(ch, set()).add(queue)
+        self._routes.setdefault(ch, Route()).live.add(queue)
         if seq_key is not None:
             self._seq_keys[ch] = seq_key
         fut = await self._sync(ch)
@@ -298,8 +184,8 @@ class Hub:
     # -- the reader ------------------------------------------------------------------------
     def _bump(self) -> None:
         self.generation += 1
-        for queues in self._routes.values():
-            for q in queues:
+        for route in self._routes.values():
+            for q in route.all():
                 q.notify()
 
     async def _on_reconnect(self, _conn: object) -> None:
@@ -377,8 +263,8 @@ class Hub:
                 last_ping = ping_sent = now
 
     def _route(self, channel: bytes, data: bytes) -> None:
-        queues = self._routes.get(channel)
-        if not queues:
+        route = self._routes.get(channel)
+        if not route:
             return
         try:
             ev = RelayEvent.from_json(data)
@@ -389,8 +275,7 @@ class Hub:
         self.messages += 1
         if channel in self._seq_keys and ev.id > self._seen.get(channel, 0):
             self._seen[channel] = ev.id
-        for q in queues:
-            q.put(ev)
+        route.put(ev)
 
     # -- lost messages ---------------------------------------------------------------------
     async def _check_loop(self) -> None:
@@ -418,5 +303,5 @@ class Hub:
             if seq > self._seen.get(ch, 0):
                 self._seen[ch] = seq
                 self.lost_messages += 1
-                for q in self._routes[ch]:
+                for q in self._routes[ch].all():
                     q.flag_lagging()

@@ -6,10 +6,12 @@
   all before the app reads or parses a byte of it. The body is read here, bounded, and handed
   to the app whole.
 - `StreamSlots`: open streams per token and per client address; past either bound a new
-  stream is refused with 429 naming the limit.
-- `queued_bytes(transport)`: what a stream's socket holds, in the relay (the transport's write
-  buffer) and in the kernel (its send queue), so that a client that reads nothing is dropped
-  by the bytes it left waiting, not only after a time.
+  stream is refused with 429 naming the limit, by `StreamLimit` (an ASGI middleware, before
+  the app routes the request) when its bearer token or address is already at the bound.
+- `limit_send_buffer(transport)`: a stream's socket holds a fixed kernel buffer and little
+  that it cannot send yet; `queued_bytes(transport)`: what it holds, in the relay (the
+  transport's write buffer) and in the kernel (its send queue), so that a client that reads
+  nothing is dropped by the bytes it left waiting, not only after a time.
 - `REFUSALS`: every refusal and drop of this process by reason, for /metrics. The uvicorn
   protocol (api/server.py) counts those only the server sees (connections, headers).
 
@@ -219,6 +221,19 @@ class StreamSlots:
     @contextlib.contextmanager
     def hold(self, token_id: str, address: str) -> Iterator[None]:
         """Count one stream for its whole life; TooManyStreams when a bound is reached."""
+        self.check(token_id, address)
+        self.by_token[token_id] += 1
+        self.by_address[address] += 1
+        try:
+            yield
+        finally:
+            for counter, key in ((self.by_token, token_id), (self.by_address, address)):
+                counter[key] -= 1
+                if counter[key] <= 0:
+                    del counter[key]
+
+    def check(self, token_id: str, address: str) -> None:
+        """TooManyStreams (counted in REFUSALS) when one more stream would pass a bound."""
         for reason, count, bound, what, setting in (
             (
                 "streams_per_token",
@@ -242,15 +257,6 @@ class StreamSlots:
                     f"too many open streams {what} (at most {bound},"
                     f" CLOUDOPS_MAX_STREAMS_PER_{setting})",
                 )
-        self.by_token[token_id] += 1
-        self.by_address[address] += 1
-        try:
-            yield
-        finally:
-            for counter, key in ((self.by_token, token_id), (self.by_address, address)):
-                counter[key] -= 1
-                if counter[key] <= 0:
-                    del counter[key]
 
 
 def client_address(scope: Scope) -> str:
@@ -263,14 +269,81 @@ def too_many_streams(e: TooManyStreams) -> JSONResponse:
     return JSONResponse({"detail": e.detail}, status_code=429, headers={"Retry-After": "5"})
 
 
+def is_stream_path(path: str) -> bool:
+    """GET /api/events or GET /api/executions/{execution_id}/events (an id has no `/`)."""
+    if path == "/api/events":
+        return True
+    head, _, rest = path.partition("/api/executions/")
+    return head == "" and rest.endswith("/events") and rest.count("/") == 1 and len(rest) > 7
+
+
+class StreamLimit:
+    """ASGI middleware: an SSE request whose bearer token or address already holds its bound
+    of streams is refused with 429 here, before the app routes it, solves its dependencies and
+    reads the execution's state from Redis (about a millisecond of the relay's loop for each
+    refusal; 300 at once stalled every open stream, measured by the hostile-load fault test).
+    The token is authenticated first, so a bad one still gets the app's 401; the count only
+    ever holds tokens that were valid. A stream opened with a ticket is counted by the app
+    (redeeming the ticket is what names its token), which also checks again when it holds the
+    slot: this only spares the work."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" and is_stream_path(scope["path"]):
+            refusal = await _streams_refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _streams_refusal(scope: Scope) -> JSONResponse | None:
+    relay = getattr(getattr(scope.get("app"), "state", None), "relay", None)
+    if relay is None or b"ticket=" in scope.get("query_string", b""):
+        return None
+    raw = next((v for k, v in scope.get("headers", []) if k.lower() == b"authorization"), None)
+    token = bearer_token(raw.decode("latin-1") if raw else None)
+    try:
+        identity = await relay.auth.authenticate(token)
+        relay.slots.check(identity.token_id, client_address(scope))
+    except TooManyStreams as e:
+        return too_many_streams(e)
+    except (AuthError, CloudOpsError):
+        return None  # the app answers (401, 503)
+    return None
+
+
 # -- socket buffers -----------------------------------------------------------------------------
+# What a stream's socket may hold that the kernel cannot send yet (TCP_NOTSENT_LOWAT), and
+# the transport's own write buffer past which a send waits: bytes a client has not made room
+# for wait in its inbox instead, where they cost nothing per event.
+UNSENT_BYTES = 16 * 1024
+TRANSPORT_HIGH_BYTES = 16 * 1024
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's value; 3.12 names it
+
+
 def limit_send_buffer(transport: asyncio.Transport | None, size_bytes: int) -> None:
     """Fix the kernel send buffer of a stream's socket (Linux's autotuning would let a client
-    that reads nothing hold megabytes of kernel memory)."""
+    that reads nothing hold megabytes of kernel memory), and bound what it holds unsent.
+
+    Without the second bound a client that reads nothing took about 60 writes of one event
+    each (its share of a 256 KiB kernel buffer, then 64 KiB in the transport) before its send
+    waited: 200 such clients connected together cost the relay 12,000 writes in the first
+    0.2 s of a stream, felt by every other client (the hostile-load fault test). Unsent bytes
+    past `UNSENT_BYTES` make the socket unwritable (data in flight is not counted, so a
+    distant client's throughput keeps the whole send buffer), and the transport pauses the
+    stream past `TRANSPORT_HIGH_BYTES`: about 8 writes, then the client's send waits."""
     sock = _socket(transport)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size_bytes)
+    if sock is None or transport is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size_bytes)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, UNSENT_BYTES)
+    with contextlib.suppress(NotImplementedError, AttributeError):
+        transport.set_write_buffer_limits(high=TRANSPORT_HIGH_BYTES)
 
 
 def queued_bytes(transport: asyncio.Transport | None) -> int:

@@ -32,8 +32,11 @@ from api.stream_guard import StreamGuard
 from events.wire import RawEvent
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-# One write to the socket at most (a batch is written in pieces of about this size).
-WRITE_BYTES = 64 * 1024
+# One write to the socket at most (a batch is written in pieces of about this size). As much as
+# a stream's socket holds unsent (api.limits.UNSENT_BYTES): a client that reads nothing takes
+# one or two pieces before its send waits, so a bigger piece was joined and copied twice for
+# nothing (the hostile-load fault test's first output burst to 200 such clients).
+WRITE_BYTES = 16 * 1024
 Outcome = Literal["done", "stalled", "buffer", "revoked", "disconnected"]
 
 

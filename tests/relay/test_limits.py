@@ -206,12 +206,18 @@ def test_streams_per_token_and_per_address(two_tokens: RelayProcess) -> None:
         resp = clients[5].get(path)  # a refusal is a plain JSON body
         assert resp.status_code == 429 and resp.headers["retry-after"] == "5"
         assert "CLOUDOPS_MAX_STREAMS_PER_TOKEN" in resp.json()["detail"]
+        # Past its bound a token is refused before the execution is looked up (no 404 for
+        # one that does not exist); a bad token is still told so first.
+        assert clients[0].get("/api/executions/ex_no_such/events").status_code == 429
+        with httpx.Client(base_url=relay.base_url, timeout=10) as anon:
+            bad = {"Authorization": "Bearer not-a-token"}
+            assert anon.get("/api/executions/ex_no_such/events", headers=bad).status_code == 401
     finally:
         for cm in opened:
             cm.__exit__(None, None, None)  # type: ignore[attr-defined]
         for c in clients:
             c.close()
-    assert refused(relay, "streams_per_token") == 2
+    assert refused(relay, "streams_per_token") == 3
     assert refused(relay, "streams_per_address") == 1
     # Closed streams give their slots back.
     with _client(relay, a, "127.0.0.1") as c, c.stream("GET", path) as resp:
