@@ -36,10 +36,11 @@ history TTL, 7 days by default).
 Cost per execution: one executions row and its index entries (1.4 KB measured at a million
 rows, record JSON and trigram index included), one execution_hosts row per host, and one
 event_batches row per 2000 events or 1 MiB of envelopes (newline-joined, zstd level 1 above
-1 KiB: the benchmark's terminal output stored 11x smaller, 93 MB of envelopes in 8 MB). A
+1 KiB: the benchmark's terminal output stored 11x smaller, 77 MB of envelopes in 7 MB). A
 running execution adds a row update and a small batch per 5 s while it prints. Throughput
-(tests/benchmarks/archive.py): 0.69x a raw COPY of the same events, a row per event (0.50x
-while batches were zlib'd); reading the events out of Redis is now the larger part.
+(tests/benchmarks/archive.py): about half a raw COPY of the same events, a row per event
+(0.48x in a quiet run; 0.50x with zlib, which cost four times zstd's CPU): the reads of Redis
+and the round trips set the pace, not compression.
 """
 
 from __future__ import annotations
