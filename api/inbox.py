@@ -93,6 +93,12 @@ class ClientQueue:
         if route is not None:
             route.unpark(self)
 
+    def parked_on(self, route: Route | None) -> None:
+        """The route stopped (or, None, no longer) putting events into this inbox: what it
+        routes from now on counts as let go (`behind_bytes`)."""
+        self._parked = route
+        self._mark = 0 if route is None else route.routed_bytes
+
     def flag_lagging(self) -> None:
         self.lagging = True
         self._wakeup()
@@ -164,14 +170,13 @@ class Route:
     def discard(self, q: ClientQueue) -> None:
         self.live.discard(q)
         self.parked.discard(q)
-        q._parked = None
+        q.parked_on(None)
 
     def park(self, q: ClientQueue) -> None:
         if q in self.live:
             self.live.discard(q)
             self.parked.add(q)
-            q._parked = self
-            q._mark = self.routed_bytes
+            q.parked_on(self)
 
     def unpark(self, q: ClientQueue) -> None:
         if q in self.parked:

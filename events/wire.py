@@ -82,12 +82,6 @@ def encode_payload(payload: WireModel) -> Encoded:
     return encode(event_name(payload), execution_id, payload)
 
 
-def encode_parts(event: str, execution_id: str, payload: WireModel) -> tuple[bytes, bytes]:
-    """The envelope's bytes split around its `id`."""
-    e = encode(event, execution_id, payload)
-    return e.head, e.tail()
-
-
 class RawEvent:
     """An envelope as it travels: its id and name read from the head, the bytes left as is.
 

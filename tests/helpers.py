@@ -373,7 +373,8 @@ class PrivateRedis:
 
 
 from cli.wiring import fleet  # noqa: E402
-from events.models import utc_now  # noqa: E402
+from events.models import WireModel, utc_now  # noqa: E402
+from events.wire import encode  # noqa: E402
 from worker.dispatcher import Dispatcher  # noqa: E402
 
 
@@ -443,3 +444,10 @@ def publish_passing_step(
         continue_on_error=False,
         attempts=1,
     )
+
+
+def encode_parts(event: str, execution_id: str, payload: WireModel) -> tuple[bytes, bytes]:
+    """An envelope's bytes split around its `id` (events.wire.Encoded), as a test writes one:
+    `head + b"<id>" + tail` is the whole envelope."""
+    e = encode(event, execution_id, payload)
+    return e.head, e.tail()

@@ -36,8 +36,8 @@ from events.record_store import RecordStore
 from events.settings import Settings
 from events.subscriber import Follower, output_tail, read_history
 from events.vocabulary import CommandType
-from events.wire import RawEvent, encode_parts
-from tests.helpers import PrivateRedis, ThreadFollower, wait_until
+from events.wire import RawEvent
+from tests.helpers import PrivateRedis, ThreadFollower, encode_parts, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,8 @@ from events.models import (
     utc_now,
 )
 from events.vocabulary import Status
-from events.wire import RawEvent, encode_parts, payload_bytes
+from events.wire import RawEvent, payload_bytes
+from tests.helpers import encode_parts
 
 TS = "2026-03-04T05:06:07.000008Z"
 

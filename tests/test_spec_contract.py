@@ -28,7 +28,7 @@ from events.models import (
     ExecutionOptions,
     WireModel,
 )
-from events.wire import encode_parts
+from tests.helpers import encode_parts
 
 SPEC = Path(__file__).resolve().parents[1].parent / "shared" / "seed" / "execution-events.md"
 

@@ -39,6 +39,11 @@ _F_SETPIPE_SZ = 1031
 _SETPRIV = shutil.which("setpriv")
 
 
+# A run stopped before its command started (between two attempts, or while a fan-out step's
+# hosts waited for each other).
+STOPPED_BEFORE_START = "stopped before start"
+
+
 class StopReason(StrEnum):
     CANCELLED = "cancelled"
     WORKER_LOST = "worker_lost"
@@ -215,7 +220,7 @@ class Executor:
         if spec.working_dir is not None and not os.path.isdir(spec.working_dir):
             return f"working directory does not exist: {spec.working_dir}"
         if self._stop_reason is not None:
-            return "stopped before start"
+            return STOPPED_BEFORE_START
         argv = list(spec.argv)
         if shutil.which(argv[0], path=spec.env.get("PATH", os.defpath)) is None:
             return f"command not found: {argv[0]}"
@@ -227,7 +232,7 @@ class Executor:
             for fd in (out_r, err_r):
                 os.close(fd)
             if isinstance(e, LaunchAborted):
-                return "stopped before start"
+                return STOPPED_BEFORE_START
             if isinstance(e, OSError):
                 return self._start_error(e)
             raise

@@ -20,7 +20,7 @@ from events.publisher import Publisher
 from events.record_store import RecordStore
 from events.settings import Settings
 from events.vocabulary import CommandType
-from events.wire import encode_parts
+from tests.helpers import encode_parts
 from tests.relay.helpers import RelayProcess, history_json, parse_sse, sse_events, wait_for
 from tests.relay.test_rest import submit, wait_status
 
