@@ -36,6 +36,17 @@ def _next(res: Any) -> Next:
     return Next([as_str(h) for h in start], [as_str(h) for h in skip], bool(last))
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A host's claim of its run: `outcome` 'ok' (run it), 'cancel' (end it cancelled) or
+    'ended' (a duplicate, or lost); the record's `spec` (None once ended); `wave`, the size of
+    the step's first wave when the host is one of it (it then waits at `gather`), else 0."""
+
+    outcome: str
+    spec: str | None
+    wave: int
+
+
 def _json(run: HostRun) -> str:
     return run.model_dump_json(by_alias=True, exclude_none=True)
 
@@ -75,12 +86,14 @@ class FanOutStore:
         )
         return _next(res)
 
-    def claim(self, execution_id: str, step_number: int, host: str, task_id: str) -> str:
-        """'ok' (run it), 'cancel' (end it cancelled) or 'ended' (a duplicate, or lost)."""
-        res = self._script(
-            keys=self._keys_of(execution_id, step_number), args=["claim", host, task_id]
+    def claim(self, execution_id: str, step_number: int, host: str, task_id: str) -> Claim:
+        """Claim `host`'s run once, renew its lease, and read what the run needs (Claim)."""
+        lease = self._keys.host_lease(execution_id, step_number, host)
+        outcome, spec, wave = self._script(
+            keys=[*self._keys_of(execution_id, step_number), lease],
+            args=["claim", host, task_id, self._settings.lease_ttl_s],
         )
-        return as_str(res)
+        return Claim(as_str(outcome), None if spec is None else as_str(spec), int(wave))
 
     def end(self, execution_id: str, step_number: int, run: HostRun, *, started: bool) -> Next:
         """Record how `run.host` ended (counted once: a second end of a host changes nothing)."""
@@ -150,16 +163,6 @@ class FanOutStore:
             pipe.set(key, host, ex=self._settings.lease_ttl_s)
         pipe.execute()
 
-    def first_wave(self, execution_id: str, step_number: int) -> list[str]:
-        """The hosts the step starts at once (all, or the first `parallel`)."""
-        key = self._keys.fan_out(execution_id, step_number)
-        order, parallel = self._redis.hmget(key, ["order", "parallel"])
-        if order is None:
-            return []
-        hosts: list[str] = json.loads(order)
-        n = int(parallel or 0)
-        return hosts[:n] if n > 0 else hosts
-
     def gather(self, execution_id: str, step_number: int, wave: int, timeout_s: float) -> bool:
         """A start barrier for the step's first `wave` hosts: each calls this when its run is
         ready to start, and all go when the last arrives, or each after `timeout_s` at most
@@ -171,18 +174,12 @@ class FanOutStore:
         ready, go = self._keys.fan_out_go(execution_id, step_number)
         ttl = self._settings.lease_ttl_s * 4
         pipe = self._redis.pipeline(transaction=False)
-        pipe.incr(ready)
-        pipe.expire(ready, ttl)
-        arrived = int(pipe.execute()[0])
-        if arrived > wave:  # a run delivered again: its wave left long ago
-            return False
-        if arrived == wave:
-            if wave > 1:
-                pipe.rpush(go, *(["1"] * (wave - 1)))
-                pipe.expire(go, ttl)
-                pipe.execute()
-            return True
-        return self._redis.blpop([go], timeout=timeout_s) is not None
+        # EVAL, not a registered Script: in a pipeline redis-py asks SCRIPT EXISTS first, a
+        # round trip more; Redis keeps the script by its hash either way.
+        pipe.eval(script("gather"), 2, ready, go, wave, ttl)
+        pipe.blpop([go], timeout=timeout_s)
+        arrived, token = pipe.execute()
+        return int(arrived) <= wave and token is not None
 
     def host_lease_alive(self, execution_id: str, step_number: int, host: str) -> bool:
         return bool(self._redis.exists(self._keys.host_lease(execution_id, step_number, host)))

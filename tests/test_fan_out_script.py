@@ -3,6 +3,7 @@ claim counted once, and exactly one caller told that the step is over."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from events.fan_out import FanOutStore, Next
+from events.fan_out import Claim, FanOutStore, Next
 from events.keys import Keys
 from events.record_store import RecordStore
 from events.records import HostRun
@@ -24,7 +25,12 @@ EX = "ex_fan"
 def store(rclient: redis.Redis, settings: Settings) -> Iterator[FanOutStore]:
     keys = Keys(settings.key_prefix)
     RecordStore(rclient, keys, settings).create(
-        EX, command="x", command_type=CommandType.PLAYBOOK, options={}, queued_at="now"
+        EX,
+        command="x",
+        command_type=CommandType.PLAYBOOK,
+        options={},
+        queued_at="now",
+        spec={"name": "fan"},
     )
     yield FanOutStore(rclient, keys, settings)
 
@@ -76,10 +82,14 @@ def test_a_host_runs_once_and_not_after_a_cancel(
 ) -> None:
     store.init(EX, 5, ["a", "b"], parallel=None, max_failures=None, offline=[])
     assert rclient.hget(Keys(settings.key_prefix).record(EX), RecordField.FAN_OUT) == b"5"
-    assert store.claim(EX, 5, "a", "t1") == "ok"
-    assert store.claim(EX, 5, "a", "t2") == "ended"  # a duplicate delivery
+    assert not store.host_lease_alive(EX, 5, "a")
+    claim = store.claim(EX, 5, "a", "t1")
+    assert claim.outcome == "ok" and claim.wave == 2
+    assert claim.spec is not None and json.loads(claim.spec) == {"name": "fan"}
+    assert store.host_lease_alive(EX, 5, "a")  # renewed by the claim
+    assert store.claim(EX, 5, "a", "t2") == Claim("ended", None, 0)  # a duplicate delivery
     RecordStore(rclient, Keys(settings.key_prefix), settings).request_cancel(EX)
-    assert store.claim(EX, 5, "b", "t3") == "cancel"
+    assert store.claim(EX, 5, "b", "t3").outcome == "cancel"
     assert store.take_loss(EX, 5, "a") and not store.take_loss(EX, 5, "a")
     store.end(EX, 5, run("a"), started=True)
     assert store.end(EX, 5, run("b", HostStatus.CANCELLED), started=True).last
@@ -91,7 +101,7 @@ def test_the_first_hosts_start_together(store: FanOutStore) -> None:
     arrives; a wave short of a host lets each go after its timeout; a run delivered again
     goes at once."""
     store.init(EX, 2, ["a", "b", "c", "d"], parallel=3, max_failures=None, offline=[])
-    assert store.first_wave(EX, 2) == ["a", "b", "c"]
+    assert [store.claim(EX, 2, h, h).wave for h in "abcd"] == [3, 3, 3, 0]
     results: list[bool] = []
     threads = [
         threading.Thread(target=lambda: results.append(store.gather(EX, 2, 3, 5.0)))
@@ -110,7 +120,7 @@ def test_the_first_hosts_start_together(store: FanOutStore) -> None:
     assert store.gather(EX, 2, 3, 5.0) is False  # delivered again: goes at once
     # A wave of two where one never comes: the other goes after its timeout.
     store.init(EX, 3, ["a", "b"], parallel=None, max_failures=None, offline=[])
-    assert store.first_wave(EX, 3) == ["a", "b"]
+    assert store.claim(EX, 3, "b", "t").wave == 2
     t0 = time.monotonic()
     assert store.gather(EX, 3, 2, 0.3) is False
     assert time.monotonic() - t0 >= 0.29

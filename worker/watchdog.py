@@ -75,12 +75,14 @@ def lease_kept(rt: Runtime, execution_id: str, worker: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def renewed(renew: Callable[[], None], interval_s: float) -> Iterator[None]:
-    """Call `renew` now and every `interval_s` while the block runs (a lease kept fresh);
-    a failed renewal is tried again at the next beat."""
+def renewed(renew: Callable[[], None], interval_s: float, *, now: bool = True) -> Iterator[None]:
+    """Call `renew` now (unless not `now`: the caller just did) and every `interval_s` while
+    the block runs (a lease kept fresh); a failed renewal is tried again at the next beat."""
     stop = threading.Event()
 
     def loop() -> None:
+        if not now and stop.wait(interval_s):
+            return
         while True:
             with contextlib.suppress(Exception):
                 renew()

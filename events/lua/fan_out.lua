@@ -9,7 +9,10 @@
 -- ARGV[1] 'init': ARGV[2] order, ARGV[3] parallel, ARGV[4] max failures, ARGV[5] the hosts
 --   that failed before starting (offline: JSON host -> result), ARGV[6] ttl (s), ARGV[7] step
 --   number. Returns {start, skip, last}.
--- ARGV[1] 'claim': ARGV[2] host, ARGV[3] task id. Returns 'ok', 'cancel' or 'ended'.
+-- ARGV[1] 'claim' (KEYS[3]: the host's lease): ARGV[2] host, ARGV[3] task id, ARGV[4] the
+--   lease's ttl (s). Returns {'ok' | 'cancel' | 'ended', the record's spec, the size of the
+--   first wave when the host is in it, else 0}: what a host's run needs before its command, in
+--   the round trip that claims it (each one more spread a step's starts on a loaded machine).
 -- ARGV[1] 'end': ARGV[2] host, ARGV[3] result, ARGV[4] '1' when it failed, ARGV[5] '1' when its
 --   run was started (it held a place in `parallel`). Returns {start, skip, last}.
 local k = KEYS[1]
@@ -63,12 +66,26 @@ if mode == 'init' then
 end
 
 local host = ARGV[2]
+-- The hosts the step starts at once (all, or the first `parallel`): how many when `host` is
+-- one of them, else 0.
+local function wave_of(h)
+  local order = cjson.decode(redis.call('HGET', k, 'order') or '[]')
+  local n = num('parallel')
+  if n == 0 or n > #order then n = #order end
+  for i = 1, n do
+    if order[i] == h then return n end
+  end
+  return 0
+end
+
 if mode == 'claim' then
-  if redis.call('HEXISTS', KEYS[2], F.COMPLETE_ID) == 1 then return R.ENDED end
-  if redis.call('HEXISTS', k, 'r:' .. host) == 1 then return R.ENDED end
-  if redis.call('HSETNX', k, 'c:' .. host, ARGV[3]) == 0 then return R.ENDED end
-  if redis.call('HGET', KEYS[2], F.CANCEL_REQUESTED) == '1' then return R.CANCEL end
-  return R.OK
+  if redis.call('HEXISTS', KEYS[2], F.COMPLETE_ID) == 1 then return {R.ENDED, false, 0} end
+  if redis.call('HEXISTS', k, 'r:' .. host) == 1 then return {R.ENDED, false, 0} end
+  if redis.call('HSETNX', k, 'c:' .. host, ARGV[3]) == 0 then return {R.ENDED, false, 0} end
+  redis.call('SET', KEYS[3], host, 'EX', tonumber(ARGV[4]))
+  local spec = redis.call('HGET', KEYS[2], F.SPEC)
+  if redis.call('HGET', KEYS[2], F.CANCEL_REQUESTED) == '1' then return {R.CANCEL, spec, 0} end
+  return {R.OK, spec, wave_of(host)}
 end
 
 -- 'end'

@@ -145,10 +145,10 @@ def run_host_step(
     run's secret params' values, from the task's arguments)."""
     number = index + 1
     claim = rt.fan_out.claim(execution_id, number, host, task_id)
-    if claim == Outcome.ENDED:
-        log.info("host %s of step %d of %s not run: %s", host, number, execution_id, claim)
-        return claim
-    spec = with_secrets(json.loads(rt.records.field(execution_id, F.SPEC) or "{}"), secrets)
+    if claim.outcome == Outcome.ENDED:
+        log.info("host %s of step %d of %s not run: ended", host, number, execution_id)
+        return claim.outcome
+    spec = with_secrets(json.loads(claim.spec or "{}"), secrets)
     missing: str | None = None
     try:
         step = step_of(spec, index)
@@ -159,7 +159,7 @@ def run_host_step(
     reporter.host = host
     stop = stop or TaskStop()
     try:
-        if claim == Outcome.CANCEL:
+        if claim.outcome == Outcome.CANCEL:
             run = HostRun(host=host, status=HostStatus.CANCELLED, duration_ms=0)
             nxt = ctx.end_host(reporter, run, "cancelled", started=True)
         elif missing is not None:
@@ -167,7 +167,7 @@ def run_host_step(
             nxt = ctx.end_host(reporter, run, missing, started=True)
         else:
             with sigterm_stops(stop):
-                nxt = _run_host(ctx, reporter, host, worker, stop)
+                nxt = _run_host(ctx, reporter, host, worker, stop, claim.wave)
         return _follow(ctx, reporter, nxt, worker) or Status.COMPLETED
     finally:
         with contextlib.suppress(Exception):
@@ -175,7 +175,10 @@ def run_host_step(
         rt.publisher.forget(execution_id)
 
 
-def _run_host(ctx: _Step, reporter: Reporter, host: str, worker: str, stop: TaskStop) -> Next:
+def _run_host(
+    ctx: _Step, reporter: Reporter, host: str, worker: str, stop: TaskStop, wave: int
+) -> Next:
+    """`wave`: the size of the step's first wave when this host is one of it (Claim)."""
     rt, execution_id, step = ctx.rt, ctx.execution_id, ctx.step
 
     def renew() -> None:
@@ -187,18 +190,16 @@ def _run_host(ctx: _Step, reporter: Reporter, host: str, worker: str, stop: Task
         with contextlib.suppress(Exception):
             rt.fan_out.record_pids(execution_id, ctx.number, host, tree.pid, os.getpid())
 
-    with renewed(renew, rt.settings.heartbeat_interval_s):
-        wave: list[str] = []
-        with contextlib.suppress(Exception):
-            wave = rt.fan_out.first_wave(execution_id, ctx.number)
+    # The claim renewed the lease a moment ago: the first renewal waits a beat.
+    with renewed(renew, rt.settings.heartbeat_interval_s, now=False):
 
         def gather() -> None:
             # The step's first hosts start together (FanOutStore.gather), each with all but
             # its command's own start done: the Python of the run, the pipes and the guard's
             # fork no longer spread the starts over two shared cores.
-            if host in wave and len(wave) > 1:
+            if wave > 1:
                 with contextlib.suppress(Exception):
-                    rt.fan_out.gather(execution_id, ctx.number, len(wave), GATHER_S)
+                    rt.fan_out.gather(execution_id, ctx.number, wave, GATHER_S)
 
         reporter.host_start(step_id=step.step_id, step_number=ctx.number, attempt=1)
         supervision = Supervision(
