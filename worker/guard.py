@@ -24,6 +24,8 @@ from pathlib import Path
 from worker.proctree import Anchor
 
 _SERVER_PY = str(Path(__file__).with_name("guard_server.py"))
+# After the spec: start the command now (worker/guard_server.py).
+_GO = b"g"
 # A guard answers within milliseconds; this long means it never will.
 _ANSWER_S = 10.0
 
@@ -143,12 +145,15 @@ class GuardServer:
             self._request(theirs.fileno(), stdout_w, stderr_w)
         finally:
             theirs.close()
-        if ready is not None and not ready():
-            mine.close()  # the guard reads EOF instead of a command and exits
-            raise LaunchAborted
         try:
+            # The spec goes first and the guard reads it while `ready` waits (a fan-out step's
+            # start barrier): once it says go, a byte is all that is left to send.
             spec = json.dumps({"argv": list(argv), "env": dict(env), "cwd": cwd}).encode()
             mine.sendall(len(spec).to_bytes(4, "big") + spec)
+            if ready is not None and not ready():
+                mine.close()  # the guard reads EOF instead of its go and exits
+                raise LaunchAborted
+            mine.sendall(_GO)
             words, rest = _answer(mine)
         except BaseException:
             mine.close()

@@ -13,7 +13,9 @@ obeys `term` / `kill` / `end` lines, and when its control socket reaches EOF (on
 that asked for it holds the other end: it died, however) it kills the whole tree and leaves.
 
 Protocol, one line each way: the client sends a 4-byte length and the spec as JSON
-({argv, env, cwd}); the guard answers `pid <leader> <leader start> <guard> <guard start>` or
+({argv, env, cwd}), then `g` when the command is to start (EOF instead: nothing starts; the
+spec is read and prepared meanwhile, so that a start barrier's release costs a byte); the
+guard answers `pid <leader> <leader start> <guard> <guard start>` or
 `error <errno> <message>`, later `exit <returncode> <children left>` and, after `end`, `done`.
 """
 
@@ -34,6 +36,8 @@ from typing import Any
 _PR_SET_CHILD_SUBREAPER = 36
 # Loaded once by the server, before it forks any guard.
 _LIBC = ctypes.CDLL(None, use_errno=True)
+# What the client sends after the spec when the command is to start.
+_GO = b"g"
 # How long `end` keeps killing: a process in uninterruptible sleep may take a moment to die.
 _END_S = 5.0
 
@@ -97,14 +101,21 @@ class Guard:
         spec = self.read_spec()
         if spec is None:
             return
+        argv = [str(a) for a in spec["argv"]]
+        cwd = None if spec.get("cwd") is None else str(spec["cwd"])
+        env = {str(k): str(v) for k, v in spec["env"].items()}
+        # Gating the exec itself (a preexec_fn that waits for the go in the forked child)
+        # measured no better: the start's cost is the exec and the machine's other work.
+        if self.recv_exactly(1) != _GO:  # EOF: the client gave up before the start
+            return
         try:
             proc = subprocess.Popen(
-                [str(a) for a in spec["argv"]],
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=self.fds[0],
                 stderr=self.fds[1],
-                cwd=None if spec.get("cwd") is None else str(spec["cwd"]),
-                env={str(k): str(v) for k, v in spec["env"].items()},
+                cwd=cwd,
+                env=env,
                 start_new_session=True,
                 close_fds=True,
             )
