@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -12,6 +13,27 @@ from worker.reserve import ReserveOne
 
 app = Celery("cloudops", set_as_current=False)
 _settings: Settings | None = None
+
+_NOT_LOGGED = "[arguments not logged]"
+
+
+class HideTaskArguments(logging.Filter):
+    """At DEBUG Celery's pool logs every task it applies with the raw message (celery/
+    concurrency/base.py, `TaskPool: Apply`), secret params included; `kwargsrepr` does not
+    cover that line. Only Celery's truncation at 1,024 characters kept them out so far."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            isinstance(record.msg, str)
+            and record.msg.startswith("TaskPool: Apply")
+            and isinstance(record.args, tuple)
+            and record.args
+        ):
+            record.args = (record.args[0], _NOT_LOGGED, _NOT_LOGGED)
+        return True
+
+
+logging.getLogger("celery.pool").addFilter(HideTaskArguments())
 
 
 def broker_key_prefix(settings: Settings) -> str:

@@ -54,14 +54,17 @@ class Fleet:
         assert self.redis is not None
         return Settings(redis_url=self.redis.url, key_prefix=self.prefix, kill_grace_s=1.0)
 
-    def start(self, *, concurrency: int = 4) -> None:
-        """A brand-new Redis, a worker and a relay on it (the database stays)."""
+    def start(self, *, concurrency: int = 4, loglevel: str = "INFO") -> None:
+        """A brand-new Redis, a worker (logging at `loglevel`) and a relay on it (the database
+        stays)."""
         self.starts += 1
         self.redis = PrivateRedis(self.tmp, persistent=False)
         self.redis.start()
         env = {"CLOUDOPS_DATABASE_URL": self.database_url}
         name = f"hist{self.starts}@test"
-        argv = cloudops_argv("worker", "--concurrency", str(concurrency), "--hostname", name)
+        argv = cloudops_argv(
+            "worker", "--concurrency", str(concurrency), "--hostname", name, "--loglevel", loglevel
+        )
         log = self.tmp / f"worker-{self.starts}.log"
         self.worker = start_process(argv, worker_env(self.settings, env), log, name)
         self.worker.wait_for_log(" ready.", timeout_s=60)

@@ -47,7 +47,9 @@ steps:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[Fleet]:
     f = Fleet(tmp_path_factory.mktemp("typed-params"), pg_url)
-    f.start(concurrency=2)
+    # DEBUG: the secret must stay out of the worker's log at its most talkative too (Celery
+    # prints a task's arguments at DEBUG).
+    f.start(concurrency=2, loglevel="DEBUG")
     yield f
     f.stop()
 
