@@ -86,8 +86,10 @@ class Supervision:
 
 
 def step_masker(settings: Settings, step: RenderedStep) -> Masker:
-    """What the step's events mask: its environment's secrets and its secret params' values."""
-    return masker_for(settings, step_spec(step).env, step.secrets)
+    """What the step's events mask: its environment's secrets and its secret params' values.
+    The step's own env is enough: masker_for adds the worker's (building the command's whole
+    environment here again cost a copy of os.environ per step)."""
+    return masker_for(settings, step.env, step.secrets)
 
 
 def run_step(
