@@ -73,16 +73,24 @@ def test_ws_equals_history(
     with ws_connect(relay) as ws:
         for ex in (first, second):
             ws.send(json.dumps({"subscribe": ex, "after": 0}))
-        acks = [json.loads(ws.recv(timeout=5)), json.loads(ws.recv(timeout=5))]
-        assert {a["subscribed"] for a in acks} == {first, second}
+        # Each subscription's ack comes before its own events; the first one's events may
+        # come before the second one's ack.
+        acked: list[str] = []
         got: dict[str, list[str]] = {first: [], second: []}
         ended: set[str] = set()
         while len(ended) < 2:
             text = str(ws.recv(timeout=10))
             msg = json.loads(text)
+            if "subscribed" in msg:
+                assert msg == {"subscribed": msg["subscribed"], "after": 0}
+                assert not got[msg["subscribed"]], "an event came before its subscription's ack"
+                acked.append(msg["subscribed"])
+                continue
+            assert msg["executionId"] in acked
             got[msg["executionId"]].append(text)
             if msg["event"] == "execution_complete":
                 ended.add(msg["executionId"])
+        assert sorted(acked) == sorted([first, second])
     for ex in (first, second):
         assert got[ex] == history_json(rclient, keys, ex)
 
