@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import statistics
 import threading
@@ -30,6 +31,10 @@ from tests.relay.publish import ScriptedRun
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MIB = 1024 * 1024
+
+
+# How many times the dropped client may resume before it must have the whole stream.
+RESUMES = 10
 
 
 class RawSseClient:
@@ -150,14 +155,22 @@ def test_client_reading_nothing_for_10s(
             slow_out.append(env["payload"]["output"])
     slow.close()
     assert not comments or comments[-1].startswith("error: slow client, left more than")
-    # It resumes where it was dropped and gets the rest.
-    resumed = RawSseClient(relay, f"/api/executions/{ex}/events", last_event_id=slow_ids[-1])
-    for m in sse_events(resumed.lines()):
-        env = json.loads(m.data)
-        slow_ids.append(env["id"])
-        if env["event"] == "execution_output":
-            slow_out.append(env["payload"]["output"])
-    resumed.close()
+    # It resumes where it was dropped and gets the rest, reconnecting with Last-Event-ID as
+    # EventSource does if it is dropped again: on a machine where this reader cannot keep up
+    # with the 4 MB/s still flowing, it is (the same rule, applied again).
+    complete = False
+    resumes = 0
+    while not complete and resumes < RESUMES:
+        resumes += 1
+        resumed = RawSseClient(relay, f"/api/executions/{ex}/events", last_event_id=slow_ids[-1])
+        for m in sse_events(resumed.lines()):
+            env = json.loads(m.data)
+            slow_ids.append(env["id"])
+            if env["event"] == "execution_output":
+                slow_out.append(env["payload"]["output"])
+            complete = env["event"] == "execution_complete"
+        resumed.close()
+    assert complete, f"no execution_complete after {RESUMES} resumes"
     fast.join(30)
     run.join(30)
     sampler.stopped.set()
@@ -185,7 +198,11 @@ def test_client_reading_nothing_for_10s(
     # Unbounded buffering would have held the 10 s backlog: ~40 MiB.
     assert growth_mib < 20, f"relay RSS grew {growth_mib:.1f} MiB"
     assert p99 < 0.5, f"the other client's p99 latency was {p99 * 1000:.0f} ms"
-    assert "cloudops_clients_dropped_total 1" in dropped
+    # The client once, and at most once per resume: a resume too slow for the output still
+    # flowing is dropped too (after its last bytes, execution_complete included, when that
+    # comes at its end).
+    drops = re.search(r"^cloudops_clients_dropped_total (\d+)", dropped, re.MULTILINE)
+    assert drops is not None and 1 <= int(drops.group(1)) <= resumes + 1, drops
 
 
 @pytest.fixture
