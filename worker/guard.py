@@ -21,11 +21,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from worker.guard_server import GO
 from worker.proctree import Anchor
 
 _SERVER_PY = str(Path(__file__).with_name("guard_server.py"))
-# After the spec: start the command now (worker/guard_server.py).
-_GO = b"g"
 # A guard answers within milliseconds; this long means it never will.
 _ANSWER_S = 10.0
 
@@ -153,7 +152,7 @@ class GuardServer:
             if ready is not None and not ready():
                 mine.close()  # the guard reads EOF instead of its go and exits
                 raise LaunchAborted
-            mine.sendall(_GO)
+            mine.sendall(GO)
             words, rest = _answer(mine)
         except BaseException:
             mine.close()

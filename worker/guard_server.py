@@ -36,8 +36,8 @@ from typing import Any
 _PR_SET_CHILD_SUBREAPER = 36
 # Loaded once by the server, before it forks any guard.
 _LIBC = ctypes.CDLL(None, use_errno=True)
-# What the client sends after the spec when the command is to start.
-_GO = b"g"
+# What the client (worker/guard.py) sends after the spec when the command is to start.
+GO = b"g"
 # How long `end` keeps killing: a process in uninterruptible sleep may take a moment to die.
 _END_S = 5.0
 
@@ -106,7 +106,7 @@ class Guard:
         env = {str(k): str(v) for k, v in spec["env"].items()}
         # Gating the exec itself (a preexec_fn that waits for the go in the forked child)
         # measured no better: the start's cost is the exec and the machine's other work.
-        if self.recv_exactly(1) != _GO:  # EOF: the client gave up before the start
+        if self.recv_exactly(1) != GO:  # EOF: the client gave up before the start
             return
         try:
             proc = subprocess.Popen(
